@@ -1,0 +1,88 @@
+"""The Agent: a model, its instructions, its tools, its delegates and its guardrails.
+
+An Agent is plain configuration: it holds no conversation state (that lives in a session), so one
+Agent can serve any number of conversations at once. Everything that could make a run fail later
+(an empty model, a duplicate tool name, a handoff that is not an Agent) fails here instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .exceptions import ConfigurationError
+from .guardrails import InputGuardrail, OutputGuardrail
+from .handoffs import handoff_tool_name, handoff_tool_spec
+from .tools import Tool, as_tool
+
+
+@dataclass(eq=False)
+class Agent:
+    """An LLM with instructions, tools, agents it may hand off to, and guardrails on its tool calls.
+
+    ``model_settings`` is passed through to the Chat Completions request (``temperature``,
+    ``max_tokens``...), so any option the endpoint accepts is available without a new parameter.
+    """
+
+    name: str
+    model: str
+    instructions: str | None = None
+    tools: Sequence[Any] = ()
+    handoffs: Sequence[Agent] = ()
+    guardrails: Sequence[InputGuardrail | OutputGuardrail] = ()
+    model_settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigurationError("Agent name must be a non-empty string")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigurationError(f"Agent {self.name!r}: model must be a non-empty string")
+        self.tools = list(self.tools)
+        self.handoffs = list(self.handoffs)
+        self.guardrails = list(self.guardrails)
+        self._tools: dict[str, Tool] = {}
+        self._handoffs: dict[str, Agent] = {}
+        for raw in self.tools:
+            t = as_tool(raw)
+            self._claim(t.name, f"tool {t.name!r}")
+            self._tools[t.name] = t
+        for target in self.handoffs:
+            if not isinstance(target, Agent):
+                raise ConfigurationError(f"Agent {self.name!r}: handoff {target!r} is not an Agent")
+            tool_name = handoff_tool_name(target.name)
+            self._claim(tool_name, f"handoff to {target.name!r}")
+            self._handoffs[tool_name] = target
+        for g in self.guardrails:
+            if not isinstance(g, InputGuardrail | OutputGuardrail):
+                raise ConfigurationError(
+                    f"Agent {self.name!r}: guardrail {g!r} is not an InputGuardrail or OutputGuardrail"
+                )
+        self._tool_specs = [t.spec() for t in self._tools.values()] + [
+            handoff_tool_spec(name, target) for name, target in self._handoffs.items()
+        ]
+
+    def _claim(self, tool_name: str, what: str) -> None:
+        if tool_name in self._tools or tool_name in self._handoffs:
+            raise ConfigurationError(
+                f"Agent {self.name!r}: {what} would be named {tool_name!r}, which another tool or handoff "
+                "already uses; rename one of them"
+            )
+
+    @property
+    def tool_specs(self) -> list[dict[str, Any]]:
+        """The ``tools`` list sent to the model: this agent's tools and one transfer tool per handoff."""
+        return self._tool_specs
+
+    def get_tool(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def get_handoff(self, name: str) -> Agent | None:
+        return self._handoffs.get(name)
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [*self._tools, *self._handoffs]
+
+    def __repr__(self) -> str:
+        return f"Agent(name={self.name!r}, model={self.model!r}, tools={self.tool_names!r})"

@@ -1,0 +1,177 @@
+"""Durable human-in-the-loop: the tool-call journal, pending calls, and approvals.
+
+Everything a paused or crashed run needs in order to continue is in the session, as journal records
+written around each tool call (items with a ``journal`` key, never sent to the model):
+
+``started``    written just before a tool runs. A ``started`` call with no tool result is a call
+               whose outcome is unknown (the process died while it ran): it is re-run only if the
+               tool is marked idempotent, otherwise it pauses for a person to decide.
+``interrupt``  a call paused for approval, with its arguments, prompt and a fingerprint of the
+               exact tool call the model made.
+``decision``   a person's answer: approve or decline, an optional message, and edited arguments
+               (recorded beside the originals, never over them).
+
+:func:`replay` reads a session's items back into a :class:`ConversationState` without any I/O: the
+messages to send to the model and, for the latest assistant message, which tool calls still lack a
+result and why. An approval is bound to a tool call id *and* the fingerprint of that call's
+arguments, so it can never authorise a different call, or the same call with other arguments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .exceptions import ApprovalError
+from .handoffs import HANDOFF_RECEIVED
+from .sessions.base import Item
+
+InterruptKind = Literal["approval", "unknown_outcome"]
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """A tool call waiting for a person. ``run_agent(..., approvals={tool_call_id: ...})`` answers it."""
+
+    tool_call_id: str
+    tool_name: str
+    args: dict[str, Any]
+    prompt: str
+    agent: str
+    kind: InterruptKind = "approval"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tool_call_id": self.tool_call_id,
+            "tool_name": self.tool_name,
+            "args": self.args,
+            "prompt": self.prompt,
+            "agent": self.agent,
+            "kind": self.kind,
+        }
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A person's answer to an interruption."""
+
+    approve: bool
+    message: str | None = None
+    args: dict[str, Any] | None = None  # edited arguments, when the person changed them
+
+
+def parse_decision(tool_call_id: str, value: Any) -> Decision:
+    """``True`` / ``False`` / ``"declined: reason"`` / ``{"approve": bool, "message": str, "args": {...}}``."""
+    if isinstance(value, Decision):
+        return value
+    if isinstance(value, bool):
+        return Decision(approve=value)
+    if isinstance(value, str):
+        return Decision(approve=False, message=value)
+    if isinstance(value, dict):
+        unknown = set(value) - {"approve", "approved", "message", "args"}
+        approve = value.get("approve", value.get("approved"))
+        if unknown or not isinstance(approve, bool):
+            raise ApprovalError(
+                f"approval for {tool_call_id!r} must look like {{'approve': True|False, 'message': str, "
+                f"'args': dict}}; got {value!r}"
+            )
+        args = value.get("args")
+        if args is not None and not isinstance(args, dict):
+            raise ApprovalError(f"approval for {tool_call_id!r}: 'args' must be a dict of arguments")
+        message = value.get("message")
+        return Decision(approve=approve, message=str(message) if message is not None else None, args=args)
+    raise ApprovalError(
+        f"approval for {tool_call_id!r} must be True, False, a decline message or a dict; got {value!r}"
+    )
+
+
+def fingerprint(tool_name: str, arguments: Any) -> str:
+    """A digest of one exact call: the tool's name and its arguments in canonical JSON."""
+    if isinstance(arguments, str):
+        with contextlib.suppress(ValueError):
+            arguments = json.loads(arguments)
+    canonical = json.dumps([tool_name, arguments], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+@dataclass
+class PendingCall:
+    """A tool call of the latest assistant message that has no result yet."""
+
+    id: str
+    name: str
+    arguments: str
+    started: bool = False
+    started_args: dict[str, Any] | None = None  # the arguments the guardrails let through
+    interrupt: Item | None = None  # the open interrupt record, if the call is paused
+    decision: Item | None = None  # a recorded decision on that interrupt, not yet acted on
+    handoff_received: bool = False
+
+    @property
+    def call_fingerprint(self) -> str:
+        return fingerprint(self.name, self.arguments)
+
+
+@dataclass
+class ConversationState:
+    messages: list[Item]
+    pending: list[PendingCall] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # of the latest assistant message
+
+    @property
+    def final_output(self) -> str | None:
+        """The last assistant answer, if the conversation ends with one."""
+        if self.messages and self.messages[-1].get("role") == "assistant" and not self.messages[-1].get("tool_calls"):
+            content = self.messages[-1].get("content")
+            return content if isinstance(content, str) else None
+        return None
+
+
+def replay(items: list[Item]) -> ConversationState:
+    """Rebuild what a run needs from stored items; pure, so it is tested without a store."""
+    messages = [i for i in items if "role" in i]
+    last_call_msg = -1
+    for n in range(len(items) - 1, -1, -1):
+        item = items[n]
+        if item.get("role") == "assistant" and item.get("tool_calls"):
+            last_call_msg = n
+            break
+        if item.get("role") in ("user", "system", "assistant"):
+            break
+    if last_call_msg < 0:
+        return ConversationState(messages)
+    calls = items[last_call_msg]["tool_calls"]
+    answered: set[str] = set()
+    journal: dict[str, PendingCall] = {}
+    for c in calls:
+        fn = c.get("function", {})
+        journal[c["id"]] = PendingCall(c["id"], fn.get("name", ""), fn.get("arguments", ""))
+    for item in items[last_call_msg + 1 :]:
+        if item.get("role") == "tool":
+            answered.add(item.get("tool_call_id", ""))
+            continue
+        p = journal.get(item.get("call", ""))
+        kind = item.get("journal")
+        if p is None or kind is None:
+            continue
+        if kind == "started":
+            p.started, p.started_args = True, item.get("args")
+        elif kind == "interrupt":
+            p.interrupt, p.decision = item, None
+        elif kind == "decision":
+            p.decision = item
+    pending = [p for cid, p in journal.items() if cid not in answered]
+    return ConversationState(messages, pending, calls)
+
+
+def delegate_marker(items: list[Item], parent_call_id: str) -> int:
+    """Index of the message a delegate received for this transfer call, or -1 if it never arrived."""
+    for n in range(len(items) - 1, -1, -1):
+        item = items[n]
+        if item.get("journal") == HANDOFF_RECEIVED and item.get("call") == parent_call_id:
+            return n
+    return -1

@@ -1,0 +1,350 @@
+"""One tool call, start to finish: arguments, guardrails, approval, journal, the tool, its result.
+
+:func:`execute_call` never raises for anything the model or a tool did wrong: a bad call becomes a
+tool message the model can read, plus an event. What it returns says whether the call produced a
+result or paused for a person.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from .approvals import Decision, Interruption, PendingCall, fingerprint, parse_decision
+from .guardrails import GuardrailInterrupt, InputGuardrail, OutputGuardrail
+from .tools import ToolArgumentsError, ToolContext, render_result
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .model import ModelClient
+    from .run import RunConfig
+    from .sessions.base import Session
+
+Event = dict[str, Any]
+ApprovalHandler = Callable[[Interruption], Any]
+
+
+@dataclass
+class RunContext:
+    """What every level of a run (the caller and its delegates) shares, plus this level's place."""
+
+    config: RunConfig
+    stream: bool
+    emit: Callable[[Event], None]
+    approvals: dict[str, Decision]
+    approval_handler: ApprovalHandler | None
+    client: ModelClient
+    delegate: Callable[..., Awaitable[CallOutcome]]
+    depth: int = 0
+    inherited_guardrails: tuple[InputGuardrail | OutputGuardrail, ...] = ()
+
+    def child(self, caller: Agent) -> RunContext:
+        return replace(
+            self, depth=self.depth + 1, inherited_guardrails=(*self.inherited_guardrails, *caller.guardrails)
+        )
+
+
+@dataclass
+class CallOutcome:
+    """A tool message's content, or the interruptions that keep the call pending."""
+
+    content: str | None
+    interruptions: list[Interruption] = field(default_factory=list)
+
+
+class _Stop(Exception):
+    """Ends a call early with the content the model should read."""
+
+    def __init__(self, content: str) -> None:
+        self.content = content
+
+
+async def execute_call(agent: Agent, session: Session, ctx: RunContext, call: PendingCall) -> CallOutcome:
+    base: Event = {"agent": agent.name, "depth": ctx.depth, "tool_call_id": call.id, "name": call.name}
+    try:
+        args = _parse_arguments(call)
+        base["arguments"] = args
+        if call.interrupt is not None and call.decision is None:
+            if call.id not in ctx.approvals:
+                return _still_pending(ctx, call, base, agent)
+            call.decision = await _record_decision(session, ctx, call, ctx.approvals.pop(call.id), base)
+        if call.started:
+            return await _resume_started(agent, session, ctx, call, base)
+        if call.decision is not None and not call.decision["approve"]:
+            ctx.emit({"type": "tool_error", **base, "error": "declined by a person", "declined": True})
+            raise _Stop(_declined_text(call.decision.get("message"), rerun=False))
+        ctx.emit({"type": "tool_call", **base})
+        checked = await _input_guardrails(agent, session, ctx, call, base, args)
+        if checked is None:
+            return CallOutcome(None, [_interruption_from(call.interrupt, agent)])
+        return await _call_and_check(agent, session, ctx, call, base, checked)
+    except _Stop as stop:
+        return CallOutcome(stop.content)
+
+
+async def _call_and_check(
+    agent: Agent, session: Session, ctx: RunContext, call: PendingCall, base: Event, args: dict[str, Any]
+) -> CallOutcome:
+    """Journal the start, run the tool (or the delegate), then the output chain."""
+    base["arguments"] = args
+    handoff = agent.get_handoff(call.name)
+    if handoff is None:
+        tool = agent.get_tool(call.name)
+        if tool is None:
+            raise _fail(ctx, base, f"there is no tool named {call.name!r}; available: {', '.join(agent.tool_names)}")
+        try:
+            call_args = tool.validate(args)
+        except ToolArgumentsError as exc:
+            raise _fail(ctx, base, str(exc)) from None
+    if not call.started:
+        await session.add_items([{"journal": "started", "call": call.id, "args": args}])
+        call.started, call.started_args = True, args
+    if handoff is not None:
+        outcome = await ctx.delegate(agent, handoff, session, ctx, call, args)
+        if outcome.content is None:
+            return outcome
+        result: Any = outcome.content
+    else:
+        context = ToolContext(tool_call_id=call.id, agent_name=agent.name, conversation_id=session.conversation_id)
+        try:
+            result = await tool.invoke(call_args, context)
+        except Exception as exc:
+            raise _fail(ctx, base, f"{call.name} raised {type(exc).__name__}: {exc}") from None
+    content = await _output_guardrails(agent, ctx, call, base, args, result)
+    ctx.emit({"type": "tool_result", **base, "result": content})
+    return CallOutcome(content)
+
+
+async def _resume_started(
+    agent: Agent, session: Session, ctx: RunContext, call: PendingCall, base: Event
+) -> CallOutcome:
+    """A call that passed its guardrails and started before the last run stopped.
+
+    A handoff resumes inside its delegate. A tool whose outcome is unknown runs again only if it is
+    idempotent or a person says so; otherwise it pauses as an ``unknown_outcome`` interruption.
+    """
+    args = call.started_args if call.started_args is not None else base["arguments"]
+    tool = agent.get_tool(call.name)
+    if agent.get_handoff(call.name) is None and not (tool is not None and tool.idempotent):
+        if call.interrupt is None or call.interrupt.get("kind") != "unknown_outcome":
+            await _ask(agent, session, ctx, call, base, _unknown_outcome_record(agent, call, args))
+            if call.decision is None:
+                return CallOutcome(None, [_interruption_from(call.interrupt, agent)])
+        assert call.decision is not None
+        if not call.decision["approve"]:
+            ctx.emit({"type": "tool_error", **base, "error": "declined by a person", "declined": True})
+            raise _Stop(_declined_text(call.decision.get("message"), rerun=True))
+    ctx.emit({"type": "tool_call", **base, "arguments": args, "retry": True})
+    return await _call_and_check(agent, session, ctx, call, base, args)
+
+
+def _still_pending(ctx: RunContext, call: PendingCall, base: Event, agent: Agent) -> CallOutcome:
+    assert call.interrupt is not None
+    record = call.interrupt
+    ctx.emit(
+        {
+            "type": "interrupt",
+            **base,
+            "arguments": record.get("args"),
+            "prompt": record.get("prompt"),
+            "kind": record.get("kind"),
+        }
+    )
+    return CallOutcome(None, [_interruption_from(record, agent)])
+
+
+def _parse_arguments(call: PendingCall) -> dict[str, Any]:
+    raw = call.arguments or "{}"
+    try:
+        args = json.loads(raw)
+    except ValueError as exc:
+        raise _Stop(f"Error: the arguments for {call.name} are not valid JSON ({exc}). Send a JSON object.") from None
+    if not isinstance(args, dict):
+        raise _Stop(f"Error: the arguments for {call.name} must be a JSON object, got {type(args).__name__}.")
+    return args
+
+
+def _fail(ctx: RunContext, base: Event, error: str, **extra: Any) -> _Stop:
+    ctx.emit({"type": "tool_error", **base, "error": error, **extra})
+    return _Stop(f"Error: {error}")
+
+
+async def _input_guardrails(
+    agent: Agent, session: Session, ctx: RunContext, call: PendingCall, base: Event, args: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Run the input chain; the arguments to call the tool with, or None if the call paused."""
+    if agent.get_tool(call.name) is None and agent.get_handoff(call.name) is None:
+        raise _fail(ctx, base, f"there is no tool named {call.name!r}; available: {', '.join(agent.tool_names)}")
+    for g in (*ctx.inherited_guardrails, *agent.guardrails):
+        if not isinstance(g, InputGuardrail):
+            continue
+        try:
+            verdict = await g.check(call.name, args)
+        except GuardrailInterrupt as interrupt:
+            asked = interrupt.tool_args or args
+            decision = await _approve(agent, session, ctx, call, base, g.name, interrupt.prompt, asked)
+            if decision is None:
+                return None
+            if not decision["approve"]:
+                ctx.emit({"type": "tool_error", **base, "error": "declined by a person", "declined": True})
+                raise _Stop(_declined_text(decision.get("message"), rerun=False)) from None
+            args = decision.get("args") or asked
+            continue
+        except Exception as exc:
+            raise _blocked(ctx, base, "input", g.name, f"the guardrail failed ({type(exc).__name__}: {exc})") from None
+        if verdict.action == "block":
+            raise _blocked(ctx, base, "input", g.name, verdict.reason or "blocked")
+        if verdict.action == "modify_args" and verdict.args is not None:
+            args = verdict.args
+    return args
+
+
+async def _approve(
+    agent: Agent,
+    session: Session,
+    ctx: RunContext,
+    call: PendingCall,
+    base: Event,
+    guardrail: str,
+    prompt: str,
+    asked: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The decision that covers this interrupt: recorded, asked inline, or none yet (pause).
+
+    A recorded decision covers an interrupt only for the exact arguments the person saw (or the
+    arguments they edited in): an approval never authorises a different call.
+    """
+    asked_fp = fingerprint(call.name, asked)
+    if call.decision is not None and call.interrupt is not None:
+        edited = call.decision.get("args")
+        covered = {call.interrupt.get("args_fingerprint")} | ({fingerprint(call.name, edited)} if edited else set())
+        if asked_fp in covered:
+            return call.decision
+    record = {
+        "journal": "interrupt",
+        "call": call.id,
+        "kind": "approval",
+        "tool": call.name,
+        "args": asked,
+        "args_fingerprint": asked_fp,
+        "call_fingerprint": call.call_fingerprint,
+        "prompt": prompt,
+        "guardrail": guardrail,
+        "agent": agent.name,
+    }
+    await _ask(agent, session, ctx, call, base, record)
+    return call.decision
+
+
+async def _ask(
+    agent: Agent, session: Session, ctx: RunContext, call: PendingCall, base: Event, record: dict[str, Any]
+) -> None:
+    """Record the interrupt, then ask the inline handler if there is one, else announce the pause."""
+    await session.add_items([record])
+    call.interrupt, call.decision = record, None
+    if ctx.approval_handler is None:
+        ctx.emit(
+            {
+                "type": "interrupt",
+                **base,
+                "arguments": record["args"],
+                "prompt": record["prompt"],
+                "kind": record["kind"],
+            }
+        )
+        return
+    answer = ctx.approval_handler(_interruption_from(record, agent))
+    if inspect.isawaitable(answer):
+        answer = await answer
+    call.decision = await _record_decision(session, ctx, call, parse_decision(call.id, answer), base)
+
+
+async def _record_decision(
+    session: Session, ctx: RunContext, call: PendingCall, decision: Decision, base: Event
+) -> dict[str, Any]:
+    assert call.interrupt is not None
+    record: dict[str, Any] = {
+        "journal": "decision",
+        "call": call.id,
+        "approve": decision.approve,
+        "message": decision.message,
+        "original_args": call.interrupt.get("args"),
+    }
+    if decision.args is not None:
+        record["args"] = decision.args
+    await session.add_items([record])
+    ctx.emit(
+        {
+            "type": "approval",
+            **base,
+            "approved": decision.approve,
+            "message": decision.message,
+            "edited_arguments": decision.args,
+        }
+    )
+    return record
+
+
+def _unknown_outcome_record(agent: Agent, call: PendingCall, args: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "journal": "interrupt",
+        "call": call.id,
+        "kind": "unknown_outcome",
+        "tool": call.name,
+        "args": args,
+        "args_fingerprint": fingerprint(call.name, args),
+        "call_fingerprint": call.call_fingerprint,
+        "prompt": (
+            f"{call.name} was running when the process stopped; it may or may not have happened. "
+            "Approve to run it again, or decline to tell the model it was not retried."
+        ),
+        "guardrail": None,
+        "agent": agent.name,
+    }
+
+
+def _blocked(ctx: RunContext, base: Event, stage: str, guardrail: str, reason: str) -> _Stop:
+    ctx.emit({"type": "guardrail_blocked", **base, "stage": stage, "guardrail": guardrail, "reason": reason})
+    what = "call" if stage == "input" else "result"
+    return _Stop(
+        f"Blocked by guardrail {guardrail!r}: {reason}. The {what} was not {'made' if stage == 'input' else 'shown'}."
+    )
+
+
+async def _output_guardrails(
+    agent: Agent, ctx: RunContext, call: PendingCall, base: Event, args: dict[str, Any], result: Any
+) -> str:
+    for g in (*ctx.inherited_guardrails, *agent.guardrails):
+        if not isinstance(g, OutputGuardrail):
+            continue
+        try:
+            verdict = await g.check(call.name, args, result)
+        except GuardrailInterrupt:
+            raise _blocked(ctx, base, "output", g.name, "output guardrails cannot ask for approval") from None
+        except Exception as exc:
+            raise _blocked(ctx, base, "output", g.name, f"the guardrail failed ({type(exc).__name__}: {exc})") from None
+        if verdict.action == "block":
+            raise _blocked(ctx, base, "output", g.name, verdict.reason or "blocked")
+        if verdict.action == "modify_result":
+            result = verdict.result
+    return render_result(result)
+
+
+def _declined_text(message: str | None, *, rerun: bool) -> str:
+    what = "re-running this call (its first attempt may or may not have happened)" if rerun else "this tool call"
+    return f"A person declined {what}" + (f": {message}" if message else ".")
+
+
+def _interruption_from(record: dict[str, Any] | None, agent: Agent) -> Interruption:
+    assert record is not None
+    return Interruption(
+        tool_call_id=record["call"],
+        tool_name=record["tool"],
+        args=record.get("args") or {},
+        prompt=record.get("prompt") or "",
+        agent=record.get("agent") or agent.name,
+        kind=record.get("kind", "approval"),
+    )

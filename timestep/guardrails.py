@@ -1,0 +1,111 @@
+"""Guardrails: checks that run around every tool call.
+
+An :class:`InputGuardrail` sees ``(tool_name, args)`` before the tool runs; an
+:class:`OutputGuardrail` sees ``(tool_name, args, result)`` after. Each returns a
+:class:`GuardrailResult` that lets the call proceed, blocks it, or rewrites the arguments or result;
+the next guardrail sees what the previous one left. An input guardrail may instead raise
+:class:`GuardrailInterrupt` to ask a person: the run then asks the caller's approval handler, or
+pauses durably until :func:`timestep.run_agent` is called again with ``approvals=``.
+
+A guardrail that raises anything else fails closed: the call is treated as blocked, because a
+broken check must never wave a tool through.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Action = Literal["proceed", "block", "modify_args", "modify_result"]
+
+
+@dataclass(frozen=True)
+class GuardrailResult:
+    """What a guardrail decided. Build one with the class methods rather than by hand."""
+
+    action: Action = "proceed"
+    reason: str | None = None
+    args: dict[str, Any] | None = None
+    result: Any = None
+
+    @classmethod
+    def proceed(cls) -> GuardrailResult:
+        return cls("proceed")
+
+    @classmethod
+    def block(cls, reason: str = "blocked by a guardrail") -> GuardrailResult:
+        return cls("block", reason=reason)
+
+    @classmethod
+    def modify_args(cls, new_args: dict[str, Any]) -> GuardrailResult:
+        return cls("modify_args", args=dict(new_args))
+
+    @classmethod
+    def modify_result(cls, new_result: Any) -> GuardrailResult:
+        return cls("modify_result", result=new_result)
+
+
+class GuardrailInterrupt(Exception):
+    """Raised by an input guardrail to ask a person before the tool runs.
+
+    A control-flow signal, not an error: the run asks the approval handler, or pauses and records
+    the pending call in the session so it can be approved later, in this process or another.
+    """
+
+    def __init__(self, prompt: str, tool_name: str = "", args: dict[str, Any] | None = None) -> None:
+        super().__init__(prompt)
+        self.prompt = prompt
+        self.tool_name = tool_name
+        # Not ``self.args``: BaseException owns that name (the constructor's positional arguments).
+        self.tool_args: dict[str, Any] = dict(args) if args is not None else {}
+
+
+@dataclass(frozen=True)
+class InputGuardrail:
+    """Runs ``handler(tool_name, args)`` before a tool; the handler may be sync or async."""
+
+    handler: Callable[..., Any]
+    name: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", getattr(self.handler, "__name__", type(self.handler).__name__))
+
+    async def check(self, tool_name: str, args: dict[str, Any]) -> GuardrailResult:
+        return _coerce(await _call(self.handler, tool_name, args), self.name)
+
+
+@dataclass(frozen=True)
+class OutputGuardrail:
+    """Runs ``handler(tool_name, args, result)`` after a tool; the handler may be sync or async."""
+
+    handler: Callable[..., Any]
+    name: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", getattr(self.handler, "__name__", type(self.handler).__name__))
+
+    async def check(self, tool_name: str, args: dict[str, Any], result: Any) -> GuardrailResult:
+        return _coerce(await _call(self.handler, tool_name, args, result), self.name)
+
+
+Guardrail = InputGuardrail | OutputGuardrail
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    value = fn(*args)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+def _coerce(value: Any, name: str) -> GuardrailResult:
+    """``None`` means proceed (a handler that forgot to return is not a block); anything else is a bug."""
+    if value is None:
+        return GuardrailResult.proceed()
+    if isinstance(value, GuardrailResult):
+        return value
+    raise TypeError(f"guardrail {name!r} returned {type(value).__name__}, expected GuardrailResult")

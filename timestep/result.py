@@ -1,0 +1,75 @@
+"""The default way to turn a run's events into one result dict."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from typing import Any
+
+
+async def default_result_processor(events: AsyncIterable[dict[str, Any]]) -> dict[str, Any]:
+    """Collect a run's events into ``{"status", "final_output", "messages", "tool_calls", ...}``.
+
+    ``messages`` are the messages the run added to the top-level conversation, in order (a
+    delegate's messages stay in the delegate's session); ``tool_calls`` lists every tool call of the
+    run, the delegates' included, each with its result or error; ``interruptions`` lists the calls
+    waiting for a person when ``status == "interrupted"``.
+    """
+    result: dict[str, Any] = {
+        "status": "completed",
+        "final_output": None,
+        "messages": [],
+        "tool_calls": [],
+        "interruptions": [],
+        "error": None,
+        "usage": {},
+        "agent": None,
+    }
+    calls: dict[tuple[int, str], dict[str, Any]] = {}
+    async for event in events:
+        kind = event["type"]
+        top = event.get("depth", 0) == 0
+        if kind == "message" and top:
+            result["messages"].append(event["message"])
+        elif kind == "tool_call":
+            key = (event.get("depth", 0), event["tool_call_id"])
+            if key not in calls:
+                calls[key] = {
+                    "id": event["tool_call_id"],
+                    "name": event["name"],
+                    "arguments": event.get("arguments"),
+                    "agent": event["agent"],
+                    "result": None,
+                    "error": None,
+                }
+                result["tool_calls"].append(calls[key])
+            else:
+                calls[key]["arguments"] = event.get("arguments")
+        elif kind in ("tool_result", "tool_error", "guardrail_blocked"):
+            key = (event.get("depth", 0), event["tool_call_id"])
+            entry = calls.get(key)
+            if entry is None:
+                entry = calls[key] = {
+                    "id": event["tool_call_id"],
+                    "name": event.get("name"),
+                    "arguments": event.get("arguments"),
+                    "agent": event["agent"],
+                    "result": None,
+                    "error": None,
+                }
+                result["tool_calls"].append(entry)
+            if kind == "tool_result":
+                entry["result"] = event["result"]
+                entry["error"] = None
+            elif kind == "tool_error":
+                entry["error"] = event["error"]
+            else:
+                entry["error"] = f"blocked by {event['guardrail']}: {event['reason']}"
+        elif kind == "error" and top:
+            result["error"] = event["error"]
+        elif kind == "run_end" and top:
+            result["status"] = event["status"]
+            result["final_output"] = event["final_output"]
+            result["usage"] = event.get("usage") or {}
+            result["agent"] = event["agent"]
+            result["interruptions"] = event.get("interruptions", [])
+    return result

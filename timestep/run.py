@@ -1,0 +1,469 @@
+"""``run_agent``: the loop that calls the model, runs tools, and writes everything to the session.
+
+One turn is: send the conversation to the model, store its reply, run the tool calls it asked for
+(concurrently, results stored in call order), and go again until the model answers without tools,
+a call pauses for approval, or the turn budget runs out. Every step is written to the session
+before the next begins, so a run can stop anywhere, by a crash or a pause, and continue later from
+the session alone. The decisions around a single tool call live in :mod:`timestep.execution`, and
+the replay of a stored conversation in :mod:`timestep.approvals`; this loop stays short.
+
+``run_agent`` returns a :class:`RunHandle` that is both awaitable (the processed result) and an async
+iterator of events, so the three ways of using it in the README all come from one return value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from .agent import Agent
+from .approvals import (
+    ConversationState,
+    Decision,
+    Interruption,
+    PendingCall,
+    delegate_marker,
+    parse_decision,
+    replay,
+)
+from .exceptions import ApprovalError, ConfigurationError, MaxTurnsExceeded, ModelResponseError, TimestepError
+from .execution import ApprovalHandler, CallOutcome, Event, RunContext, execute_call
+from .handoffs import HANDOFF_RECEIVED, delegate_conversation_id
+from .model import ModelClient
+from .result import default_result_processor
+from .sessions.base import Item, Session
+
+ResultProcessor = Callable[[AsyncIterator[Event]], Awaitable[Any]]
+HistoryPolicy = Callable[[list[Item]], list[Item]]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Options most runs never touch, kept out of ``run_agent``'s signature.
+
+    ``history`` may trim what is *sent* to the model (see :func:`timestep.last_messages`); the
+    session always keeps everything.
+    """
+
+    max_turns: int = 10
+    max_handoff_depth: int = 5
+    history: HistoryPolicy | None = None
+
+
+_DONE = object()
+
+
+class RunHandle:
+    """The run, not yet started: ``await`` it for the result, or ``async for`` over its events."""
+
+    def __init__(self, drive: Callable[[Callable[[Event], None]], Awaitable[None]], processor: ResultProcessor | None):
+        self._drive = drive
+        self._processor = processor
+        self._used = False
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        if self._used:
+            raise RuntimeError("a run can be consumed once; call run_agent again to run again")
+        self._used = True
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.ensure_future(self._drive(queue.put_nowait))
+        task.add_done_callback(lambda _: queue.put_nowait(_DONE))
+        try:
+            while (event := await queue.get()) is not _DONE:
+                yield event
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._result().__await__()
+
+    async def _result(self) -> Any:
+        if self._processor is None:
+            return [event async for event in self]
+        return await self._processor(self)
+
+
+def run_agent(
+    agent: Agent,
+    messages: list[Item],
+    session: Session,
+    stream: bool = False,
+    result_processor: ResultProcessor | None = default_result_processor,
+    *,
+    approvals: dict[str, Any] | None = None,
+    approval_handler: ApprovalHandler | None = None,
+    client: Any = None,
+    config: RunConfig | None = None,
+) -> RunHandle:
+    """Run ``agent`` on ``messages`` in ``session``.
+
+    ``approvals`` answers pending interruptions by tool call id: ``True``, ``False``, a decline
+    message, or ``{"approve": True, "args": {...}}`` to approve with edited arguments.
+    ``approval_handler`` is asked inline instead of pausing. ``client`` is a :class:`ModelClient` or
+    a configured ``openai.AsyncOpenAI``; by default ``OPENAI_BASE_URL``/``OPENAI_API_KEY`` are used.
+    """
+    if not isinstance(agent, Agent):
+        raise ConfigurationError(f"run_agent needs an Agent, got {type(agent).__name__}")
+    if isinstance(messages, dict) or not isinstance(messages, list):
+        raise ConfigurationError("messages must be a list of message dicts, e.g. [{'role': 'user', 'content': '...'}]")
+    model_client = _resolve_client(client)
+    cfg = config or RunConfig()
+    decisions = {cid: parse_decision(cid, value) for cid, value in (approvals or {}).items()}
+
+    async def drive(emit: Callable[[Event], None]) -> None:
+        ctx = RunContext(
+            config=cfg,
+            stream=stream,
+            emit=emit,
+            approvals=decisions,
+            approval_handler=approval_handler,
+            client=model_client,
+            delegate=_delegate,
+        )
+        await _check_approvals(agent, session, decisions, bool(messages))
+        await _run_level(agent, list(messages), session, ctx)
+
+    return RunHandle(drive, result_processor)
+
+
+def _resolve_client(client: Any) -> ModelClient:
+    if client is None:
+        return _default_client()
+    if isinstance(client, ModelClient):
+        return client
+    if hasattr(client, "base_url") and hasattr(client, "api_key"):
+        return ModelClient.from_openai(client)
+    raise ConfigurationError(
+        f"client must be a timestep ModelClient or an openai.AsyncOpenAI, got {type(client).__name__}"
+    )
+
+
+_clients: dict[tuple[str | None, str | None], ModelClient] = {}
+
+
+def _default_client() -> ModelClient:
+    import os
+
+    key = (os.environ.get("OPENAI_BASE_URL"), os.environ.get("OPENAI_API_KEY"))
+    found = _clients.get(key)
+    if found is None:
+        found = _clients[key] = ModelClient.from_env()
+    return found
+
+
+# -- one level of a run (the caller, or a delegate) ----------------------------------------------
+
+
+_NOT_SENT = (
+    "the conversation had unfinished tool calls that now need a person's decision; "
+    "the new message was not added: answer the interruptions, then send it again"
+)
+
+
+@dataclass
+class LevelOutcome:
+    status: str  # "completed" | "interrupted" | "error"
+    final_output: str | None = None
+    error: str | None = None
+    interruptions: list[Interruption] | None = None
+
+
+async def _run_level(
+    agent: Agent, new_messages: list[Item], session: Session, ctx: RunContext, prefix: list[Item] | None = None
+) -> LevelOutcome:
+    emit = ctx.emit
+    head: Event = {"agent": agent.name, "depth": ctx.depth}
+    emit({"type": "run_start", **head, "conversation_id": session.conversation_id})
+    usage: dict[str, int] = {}
+    outcome = await _advance(agent, new_messages, session, ctx, usage, prefix)
+    end: Event = {
+        "type": "run_end",
+        **head,
+        "status": outcome.status,
+        "final_output": outcome.final_output,
+        "usage": usage,
+    }
+    if outcome.interruptions:
+        end["interruptions"] = [i.as_dict() for i in outcome.interruptions]
+    emit(end)
+    return outcome
+
+
+async def _advance(
+    agent: Agent,
+    new_messages: list[Item],
+    session: Session,
+    ctx: RunContext,
+    usage: dict[str, int],
+    prefix: list[Item] | None,
+) -> LevelOutcome:
+    head: Event = {"agent": agent.name, "depth": ctx.depth}
+    try:
+        state = replay(await session.get_items())
+        if state.pending:
+            paused = await _run_calls(agent, session, ctx, state, state.pending)
+            if paused:
+                if new_messages:
+                    ctx.emit({"type": "error", **head, "error": _NOT_SENT, "error_type": "ApprovalError"})
+                return LevelOutcome("interrupted", interruptions=paused, error=_NOT_SENT if new_messages else None)
+        elif not new_messages and state.final_output is not None:
+            return LevelOutcome("completed", final_output=state.final_output)
+        if new_messages:
+            await _append(session, ctx, head, state, new_messages, prefix or [])
+        for _ in range(ctx.config.max_turns):
+            reply = await _call_model(agent, state.messages, ctx, head, usage)
+            await _append(session, ctx, head, state, [reply])
+            calls = reply.get("tool_calls")
+            if not calls:
+                return LevelOutcome("completed", final_output=reply.get("content") or "")
+            pending = [PendingCall(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls]
+            paused = await _run_calls(agent, session, ctx, state, pending)
+            if paused:
+                return LevelOutcome("interrupted", interruptions=paused)
+        raise MaxTurnsExceeded(
+            f"{agent.name} did not reach an answer within max_turns={ctx.config.max_turns} model calls"
+        )
+    except ApprovalError:
+        raise
+    except TimestepError as exc:
+        ctx.emit({"type": "error", **head, "error": str(exc), "error_type": type(exc).__name__})
+        return LevelOutcome("error", error=str(exc))
+
+
+async def _append(
+    session: Session,
+    ctx: RunContext,
+    head: Event,
+    state: ConversationState,
+    messages: list[Item],
+    prefix: list[Item] | None = None,
+) -> None:
+    await session.add_items([*(prefix or []), *messages])
+    state.messages.extend(messages)
+    for m in messages:
+        ctx.emit({"type": "message", **head, "message": m})
+
+
+async def _run_calls(
+    agent: Agent, session: Session, ctx: RunContext, state: ConversationState, calls: list[PendingCall]
+) -> list[Interruption]:
+    """Run the calls concurrently; store each result once every earlier call's result is stored."""
+    head: Event = {"agent": agent.name, "depth": ctx.depth}
+    if len(calls) == 1:
+        outcomes = [await execute_call(agent, session, ctx, calls[0])]
+        await _store_results(session, ctx, head, state, calls, outcomes)
+    else:
+        stored = [asyncio.Event() for _ in calls]
+        outcomes = [CallOutcome(None)] * len(calls)
+
+        async def one(n: int) -> None:
+            outcomes[n] = await execute_call(agent, session, ctx, calls[n])
+            if n:
+                await stored[n - 1].wait()
+            await _store_results(session, ctx, head, state, [calls[n]], [outcomes[n]])
+            stored[n].set()
+
+        await asyncio.gather(*(one(n) for n in range(len(calls))))
+    return [i for o in outcomes for i in o.interruptions]
+
+
+async def _store_results(
+    session: Session,
+    ctx: RunContext,
+    head: Event,
+    state: ConversationState,
+    calls: list[PendingCall],
+    outcomes: list[CallOutcome],
+) -> None:
+    results = [
+        {"role": "tool", "tool_call_id": c.id, "content": o.content}
+        for c, o in zip(calls, outcomes, strict=True)
+        if o.content is not None
+    ]
+    if results:
+        await _append(session, ctx, head, state, results)
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+def _request(agent: Agent, messages: list[Item], ctx: RunContext) -> dict[str, Any]:
+    if ctx.config.history is not None:
+        messages = ctx.config.history(messages)
+    if agent.instructions:
+        if messages and messages[0].get("role") == "system":
+            messages = [{"role": "system", "content": agent.instructions}, *messages[1:]]
+        else:
+            messages = [{"role": "system", "content": agent.instructions}, *messages]
+    body: dict[str, Any] = {"model": agent.model, "messages": messages, **agent.model_settings}
+    if agent.tool_specs:
+        body["tools"] = agent.tool_specs
+    if ctx.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+async def _call_model(agent: Agent, messages: list[Item], ctx: RunContext, head: Event, usage: dict[str, int]) -> Item:
+    body = _request(agent, messages, ctx)
+    client = ctx.client
+    if ctx.stream:
+        message, used = await _stream_reply(client, body, ctx, head)
+    else:
+        data = await client.complete(body)
+        choice = data["choices"][0]
+        message, used = choice.get("message") or {}, data.get("usage")
+    if used:
+        for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            usage[k] = usage.get(k, 0) + int(used.get(k) or 0)
+    return _assistant_message(message)
+
+
+async def _stream_reply(
+    client: ModelClient, body: dict[str, Any], ctx: RunContext, head: Event
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    content: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    used = None
+    async for chunk in client.stream(body):
+        if chunk.get("usage"):
+            used = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if text:
+                content.append(text)
+                ctx.emit({"type": "content_delta", **head, "delta": text})
+            for tc in delta.get("tool_calls") or ():
+                slot = calls.setdefault(tc.get("index", 0), {"id": "", "name": "", "arguments": []})
+                slot["id"] = tc.get("id") or slot["id"]
+                fn = tc.get("function") or {}
+                slot["name"] += fn.get("name") or ""
+                slot["arguments"].append(fn.get("arguments") or "")
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
+    if calls:
+        message["tool_calls"] = [
+            {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": "".join(c["arguments"])}}
+            for _, c in sorted(calls.items())
+        ]
+    return message, used
+
+
+def _assistant_message(message: dict[str, Any]) -> Item:
+    """Keep the portable part of the model's reply; refuse one that says nothing at all."""
+    content = message.get("content")
+    calls = message.get("tool_calls") or []
+    if not content and not calls:
+        raise ModelResponseError("the model replied with neither content nor tool calls")
+    out: Item = {"role": "assistant", "content": content if isinstance(content, str) else None}
+    if calls:
+        clean = []
+        for n, c in enumerate(calls):
+            fn = c.get("function") or {}
+            if not fn.get("name"):
+                raise ModelResponseError(f"the model sent tool call #{n} without a function name")
+            args = fn.get("arguments")
+            clean.append(
+                {
+                    "id": c.get("id") or f"call_{n}",
+                    "type": "function",
+                    "function": {"name": fn["name"], "arguments": args if isinstance(args, str) else _dumps(args)},
+                }
+            )
+        out["tool_calls"] = clean
+    return out
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value if value is not None else {})
+
+
+# -- handoffs and approvals across levels ---------------------------------------------------------
+
+
+async def _delegate(
+    caller: Agent, target: Agent, session: Session, ctx: RunContext, call: PendingCall, args: dict[str, Any]
+) -> CallOutcome:
+    """Run ``target`` in its own session; its final answer is the transfer tool's result."""
+    head: Event = {"agent": caller.name, "depth": ctx.depth, "tool_call_id": call.id, "target": target.name}
+    if ctx.depth + 1 > ctx.config.max_handoff_depth:
+        msg = (
+            f"cannot hand off to {target.name}: the chain of handoffs is already {ctx.depth + 1} deep "
+            f"(max_handoff_depth={ctx.config.max_handoff_depth})"
+        )
+        ctx.emit({"type": "tool_error", **head, "name": call.name, "error": msg})
+        return CallOutcome(f"Error: {msg}")
+    sub = _delegate_session(caller, target, session)
+    items = await sub.get_items()
+    received = delegate_marker(items, call.id) >= 0
+    message = str(args.get("message", ""))
+    ctx.emit({"type": "handoff_start", **head, "message": message, "resumed": received})
+    new = [] if received else [{"role": "user", "content": message}]
+    prefix = None if received else [{"journal": HANDOFF_RECEIVED, "call": call.id}]
+    outcome = await _run_level(target, new, sub, ctx.child(caller), prefix)
+    ctx.emit({"type": "handoff_end", **head, "status": outcome.status, "output": outcome.final_output})
+    if outcome.status == "interrupted":
+        return CallOutcome(None, outcome.interruptions or [])
+    if outcome.status == "error":
+        ctx.emit({"type": "tool_error", **head, "name": call.name, "error": f"{target.name} failed: {outcome.error}"})
+        return CallOutcome(f"Error: the agent {target.name} failed: {outcome.error}")
+    return CallOutcome(outcome.final_output or "")
+
+
+def _delegate_session(caller: Agent, target: Agent, session: Session) -> Session:
+    derive = getattr(session, "derive", None)
+    if derive is None:
+        raise ConfigurationError(f"{type(session).__name__} cannot hold a delegate's session: it has no derive()")
+    sub: Session = derive(
+        target.name, delegate_conversation_id(session.conversation_id, caller.name), target.instructions
+    )
+    return sub
+
+
+async def _check_approvals(agent: Agent, session: Session, decisions: dict[str, Decision], has_messages: bool) -> None:
+    """Refuse, before anything runs, approvals that match no pending call, and messages sent while calls wait."""
+    pending = await _pending_interrupts(agent, session, 0)
+    if has_messages and pending:
+        ids = ", ".join(p.id for p, _ in pending)
+        raise ApprovalError(
+            f"conversation {session.conversation_id!r} has tool calls awaiting approval ({ids}); "
+            "resume it with run_agent(agent, [], session, approvals={...}) before sending a new message"
+        )
+    waiting = {p.id: p for p, _ in pending}
+    for cid in decisions:
+        p = waiting.get(cid)
+        if p is None:
+            known = ", ".join(waiting) or "none"
+            raise ApprovalError(f"no tool call {cid!r} is awaiting approval (awaiting: {known})")
+        assert p.interrupt is not None
+        if p.interrupt.get("call_fingerprint") != p.call_fingerprint:
+            raise ApprovalError(
+                f"tool call {cid!r} no longer matches the call that was put to the person "
+                "(its arguments changed in the session); refusing to approve it"
+            )
+
+
+async def _pending_interrupts(agent: Agent, session: Session, depth: int) -> list[tuple[PendingCall, Session]]:
+    """Open interruptions at this level and, through pending handoffs, in every delegate below."""
+    state = replay(await session.get_items())
+    found: list[tuple[PendingCall, Session]] = []
+    for p in state.pending:
+        if p.interrupt is not None and p.decision is None:
+            found.append((p, session))
+            continue
+        target = agent.get_handoff(p.name)
+        if target is not None and p.started and depth < 64:
+            found += await _pending_interrupts(target, _delegate_session(agent, target, session), depth + 1)
+    return found

@@ -1,0 +1,341 @@
+"""FileSession: one JSONL file per agent and conversation, the embedded default.
+
+How it keeps every message, and keeps appends cheap:
+
+* **Append-only.** ``add_items`` writes the new lines at the end of the file with one ``write`` on a
+  descriptor opened ``O_APPEND``; nothing already stored is rewritten, so the cost of an append does
+  not grow with the conversation.
+* **Advisory locks.** Writers hold ``flock(LOCK_EX)`` while they write and readers ``LOCK_SH`` while
+  they read, so two processes appending to one conversation never interleave or lose a line, and a
+  reader never mistakes a line being written for a torn one.
+* **Torn lines are repaired, not dropped.** A process killed mid-write leaves a last line without
+  its newline. Whoever next holds the exclusive lock moves those bytes to ``<file>.torn`` (kept for a
+  person to inspect) and truncates the file back to its last complete line. A damaged line anywhere
+  else is a :class:`~timestep.exceptions.SessionCorruptError` naming the file and line: never a
+  silent drop.
+* **Safe names.** Agent names and conversation ids are percent-encoded into file names (only ASCII
+  letters, digits, ``-`` and ``_`` pass through), so ``..``, ``/``, ``\\`` or NUL can never leave
+  ``storage_dir``, names with spaces work, and the original names can be listed back.
+* **A read cache.** Each session remembers what it has parsed and the file's size; the next read
+  parses only the bytes appended since (by anyone), so a long conversation is parsed once.
+* **The event loop stays free.** Small operations (the common case: a lock that is free and a few
+  KB to read) run inline, because a thread hop costs more than the work; a contended lock or a large
+  read moves to a worker thread.
+
+``pop_item`` and ``clear_session`` truncate in place (same file, same lock), never rename.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from ..exceptions import SessionCorruptError, SessionNameError, SessionUnavailableError
+from .base import ConversationInfo, Item, system_item
+
+T = TypeVar("T")
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+_MAX_NAME = 200
+_INLINE_READ_LIMIT = 256 * 1024
+
+
+class _WouldBlock(Exception):
+    """An operation that should not run on the event loop thread; retry it in a worker thread."""
+
+
+def encode_name(name: str, what: str) -> str:
+    """Percent-encode a name into one safe path component (reversible with :func:`decode_name`)."""
+    if not isinstance(name, str) or not name:
+        raise SessionNameError(f"{what} must be a non-empty string, got {name!r}")
+    out = []
+    for ch in name:
+        if ch in _SAFE:
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+    encoded = "".join(out)
+    if len(encoded) > _MAX_NAME:
+        raise SessionNameError(
+            f"{what} is too long to name a file ({len(encoded)} characters once encoded, at most {_MAX_NAME})"
+        )
+    return encoded
+
+
+def decode_name(encoded: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(encoded, errors="surrogateescape")
+
+
+class FileSession:
+    """A conversation stored as ``<storage_dir>/<agent>/<conversation>.jsonl``."""
+
+    def __init__(
+        self,
+        agent_name: str,
+        conversation_id: str,
+        agent_instructions: str | None = None,
+        storage_dir: str | os.PathLike[str] = "conversations",
+        *,
+        fsync: bool = False,
+    ) -> None:
+        self.agent_name = agent_name
+        self.conversation_id = conversation_id
+        self.agent_instructions = agent_instructions
+        self.storage_dir = Path(storage_dir)
+        self.fsync = fsync
+        root = self.storage_dir.resolve()
+        self.path = (
+            root / encode_name(agent_name, "agent_name") / (encode_name(conversation_id, "conversation_id") + ".jsonl")
+        )
+        if self.path.parent.parent != root:  # belt and braces: encoding already guarantees this
+            raise SessionNameError(f"conversation {conversation_id!r} would be stored outside {root}")
+        self._items: list[Item] = []
+        self._offset = 0
+        self._stamp: tuple[int, int] | None = None  # (inode, mtime_ns) of the cached view
+
+    def __repr__(self) -> str:
+        return f"FileSession({self.agent_name!r}, {self.conversation_id!r}, storage_dir={str(self.storage_dir)!r})"
+
+    def derive(self, agent_name: str, conversation_id: str, agent_instructions: str | None) -> FileSession:
+        return FileSession(agent_name, conversation_id, agent_instructions, self.storage_dir, fsync=self.fsync)
+
+    # -- async API -------------------------------------------------------------------------------
+
+    async def get_items(self, limit: int | None = None) -> list[Item]:
+        items = await self._run(self._read)
+        return items[-limit:] if limit is not None and limit > 0 else (items if limit is None else [])
+
+    async def add_items(self, items: list[Item]) -> None:
+        if not items:
+            return
+        try:
+            lines = [json.dumps(item, ensure_ascii=False, separators=(",", ":")) for item in items]
+        except (TypeError, ValueError) as exc:
+            raise SessionCorruptError(f"cannot store an item in {self.path}: {exc}", location=str(self.path)) from exc
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        await self._run(lambda blocking: self._append(data, items, blocking))
+
+    async def pop_item(self) -> Item | None:
+        return await self._run(self._pop)
+
+    async def clear_session(self) -> None:
+        await self._run(self._clear)
+
+    async def _run(self, op: Callable[[bool], T]) -> T:
+        try:
+            return op(False)
+        except _WouldBlock:
+            return await asyncio.to_thread(op, True)
+
+    # -- the file, under its lock ------------------------------------------------------------------
+
+    def _open(self, flags: int) -> int:
+        try:
+            return os.open(self.path, flags, 0o600)
+        except FileNotFoundError:
+            if not flags & os.O_CREAT:
+                raise
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                return os.open(self.path, flags, 0o600)
+            except OSError as exc:
+                raise SessionUnavailableError(f"cannot create {self.path}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise SessionUnavailableError(f"cannot open {self.path}: {exc.strerror}") from exc
+
+    @staticmethod
+    def _lock(fd: int, mode: int, blocking: bool) -> None:
+        if blocking:
+            fcntl.flock(fd, mode)
+            return
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise _WouldBlock from None
+            raise
+
+    def _read(self, blocking: bool) -> list[Item]:
+        try:
+            fd = self._open(os.O_RDONLY)
+        except FileNotFoundError:
+            sys_item = system_item(self.agent_instructions)
+            return [sys_item] if sys_item else []
+        try:
+            self._lock(fd, fcntl.LOCK_SH, blocking)
+            st = os.fstat(fd)
+            if not self._sync_cache(fd, st, blocking):
+                # A torn tail: repair it under the exclusive lock, then read again.
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                fd = self._open(os.O_RDWR | os.O_APPEND)
+                self._lock(fd, fcntl.LOCK_EX, blocking)
+                self._repair_tail(fd)
+                self._sync_cache(fd, os.fstat(fd), blocking)
+            return list(self._items)
+        finally:
+            os.close(fd)
+
+    def _sync_cache(self, fd: int, st: os.stat_result, blocking: bool) -> bool:
+        """Bring the cache up to date with the file; False if the file ends in a torn line."""
+        stamp = (st.st_ino, st.st_mtime_ns)
+        if self._stamp is not None and st.st_ino == self._stamp[0]:
+            if st.st_size == self._offset and stamp == self._stamp:
+                return True
+            start = self._offset if st.st_size > self._offset else None
+        else:
+            start = None
+        if start is None:
+            self._items, self._offset = [], 0
+            start = 0
+        if not blocking and st.st_size - start > _INLINE_READ_LIMIT:
+            raise _WouldBlock
+        data = os.pread(fd, st.st_size - start, start)
+        end = data.rfind(b"\n") + 1
+        if end != len(data):
+            return False
+        self._items.extend(self._parse(data, len(self._items)))
+        self._offset = start + end
+        self._stamp = stamp
+        return True
+
+    def _parse(self, data: bytes, lines_before: int) -> list[Item]:
+        items = []
+        for n, line in enumerate(data.splitlines(), start=lines_before + 1):
+            try:
+                item = json.loads(line)
+            except ValueError as exc:
+                raise SessionCorruptError(
+                    f"{self.path}, line {n}: not valid JSON ({exc}); the file was changed outside Timestep",
+                    location=str(self.path),
+                    line=n,
+                ) from None
+            if not isinstance(item, dict):
+                raise SessionCorruptError(
+                    f"{self.path}, line {n}: expected a JSON object, found {type(item).__name__}",
+                    location=str(self.path),
+                    line=n,
+                )
+            items.append(item)
+        return items
+
+    def _repair_tail(self, fd: int) -> None:
+        """Move an incomplete last line (a writer killed mid-write) to ``<file>.torn``; keep the rest."""
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return
+        pos, keep = size, 0
+        while pos > 0:
+            step = min(65536, pos)
+            chunk = os.pread(fd, step, pos - step)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                keep = pos - step + nl + 1
+                break
+            pos -= step
+        torn = os.pread(fd, size - keep, keep)
+        with open(str(self.path) + ".torn", "ab") as sidecar:
+            sidecar.write(torn + b"\n")
+        os.ftruncate(fd, keep)
+
+    def _append(self, data: bytes, items: list[Item], blocking: bool) -> None:
+        fd = self._open(os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        try:
+            self._lock(fd, fcntl.LOCK_EX, blocking)
+            st = os.fstat(fd)
+            size = st.st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                self._repair_tail(fd)
+                size = os.fstat(fd).st_size
+            in_sync = self._stamp is not None and self._stamp == (st.st_ino, st.st_mtime_ns) and size == self._offset
+            if size == 0:
+                in_sync = True
+                self._items, self._offset = [], 0
+                sys_item = system_item(self.agent_instructions)
+                if sys_item is not None:
+                    data = (json.dumps(sys_item, ensure_ascii=False) + "\n").encode() + data
+                    items = [sys_item, *items]
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.fsync:
+                os.fsync(fd)
+            if in_sync:
+                st = os.fstat(fd)
+                self._items.extend(json.loads(json.dumps(items)))  # the stored form, not the caller's objects
+                self._offset = st.st_size
+                self._stamp = (st.st_ino, st.st_mtime_ns)
+        finally:
+            os.close(fd)
+
+    def _truncate_to(self, keep_items: int, blocking: bool) -> Item | None:
+        fd = self._open(os.O_RDWR | os.O_APPEND)
+        try:
+            self._lock(fd, fcntl.LOCK_EX, blocking)
+            self._repair_tail(fd)
+            self._sync_cache(fd, os.fstat(fd), True)
+            removed = self._items[keep_items] if keep_items < len(self._items) else None
+            if removed is None:
+                return None
+            data = os.pread(fd, self._offset, 0)
+            pos = 0
+            for _ in range(keep_items):
+                pos = data.index(b"\n", pos) + 1
+            os.ftruncate(fd, pos)
+            st = os.fstat(fd)
+            del self._items[keep_items:]
+            self._offset = pos
+            self._stamp = (st.st_ino, st.st_mtime_ns)
+            return removed
+        finally:
+            os.close(fd)
+
+    def _pop(self, blocking: bool) -> Item | None:
+        items = self._read(blocking)
+        floor = 1 if items and items[0].get("role") == "system" else 0
+        if len(items) <= floor:
+            return None
+        try:
+            return self._truncate_to(len(items) - 1, blocking)
+        except FileNotFoundError:
+            return None
+
+    def _clear(self, blocking: bool) -> None:
+        items = self._read(blocking)
+        floor = 1 if items and items[0].get("role") == "system" else 0
+        with contextlib.suppress(FileNotFoundError):
+            self._truncate_to(floor, blocking)
+
+    # -- listing -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def list_conversations(storage_dir: str | os.PathLike[str] = "conversations") -> list[ConversationInfo]:
+        """Every conversation under ``storage_dir``, most recently updated first."""
+        root = Path(storage_dir)
+        found = []
+        for agent_dir in root.iterdir() if root.is_dir() else ():
+            if not agent_dir.is_dir():
+                continue
+            for f in agent_dir.glob("*.jsonl"):
+                st = f.stat()
+                with open(f, "rb") as fh:
+                    count = sum(1 for line in fh if b'"role"' in line)
+                found.append(
+                    ConversationInfo(
+                        agent_name=decode_name(agent_dir.name),
+                        conversation_id=decode_name(f.name[: -len(".jsonl")]),
+                        message_count=count,
+                        updated_at=datetime.fromtimestamp(st.st_mtime, UTC),
+                    )
+                )
+        return sorted(found, key=lambda c: c.updated_at, reverse=True)
