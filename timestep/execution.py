@@ -65,7 +65,7 @@ class _Stop(Exception):
 async def execute_call(agent: Agent, session: Session, ctx: RunContext, call: PendingCall) -> CallOutcome:
     base: Event = {"agent": agent.name, "depth": ctx.depth, "tool_call_id": call.id, "name": call.name}
     try:
-        args = _parse_arguments(call)
+        args = _parse_arguments(ctx, call, {**base, "arguments": call.arguments})
         base["arguments"] = args
         if call.interrupt is not None and call.decision is None:
             if call.id not in ctx.approvals:
@@ -156,14 +156,14 @@ def _still_pending(ctx: RunContext, call: PendingCall, base: Event, agent: Agent
     return CallOutcome(None, [_interruption_from(record, agent)])
 
 
-def _parse_arguments(call: PendingCall) -> dict[str, Any]:
+def _parse_arguments(ctx: RunContext, call: PendingCall, base: Event) -> dict[str, Any]:
     raw = call.arguments or "{}"
     try:
         args = json.loads(raw)
     except ValueError as exc:
-        raise _Stop(f"Error: the arguments for {call.name} are not valid JSON ({exc}). Send a JSON object.") from None
+        raise _fail(ctx, base, f"the arguments for {call.name} are not valid JSON ({exc}); send a JSON object") from None
     if not isinstance(args, dict):
-        raise _Stop(f"Error: the arguments for {call.name} must be a JSON object, got {type(args).__name__}.")
+        raise _fail(ctx, base, f"the arguments for {call.name} must be a JSON object, not {type(args).__name__}")
     return args
 
 

@@ -86,11 +86,16 @@ class ModelClient:
 
     # -- HTTP ------------------------------------------------------------------------------------
 
-    def _client(self) -> Any:
-        """One pooled httpx2 client per event loop: connections cannot cross loops."""
+    async def _client(self) -> Any:
+        """One pooled httpx2 client per event loop: connections cannot cross loops.
+
+        The pool is closed when its loop shuts down (``asyncio.run`` and ``asyncio.Runner`` close every
+        open async generator first; :func:`_close_at_shutdown` is one), so a script that never calls
+        :meth:`aclose` still leaves no socket open.
+        """
         loop = asyncio.get_running_loop()
-        http = self._http.get(loop)
-        if http is None:
+        entry = self._http.get(loop)
+        if entry is None:
             import httpx2
 
             headers = {"content-type": "application/json", "accept": "application/json", **self.headers}
@@ -102,14 +107,16 @@ class ModelClient:
                 timeout=httpx2.Timeout(self.timeout, connect=self.connect_timeout),
                 limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
             )
-            self._http[loop] = http
-        return http
+            closer = _close_at_shutdown(http)
+            await closer.__anext__()
+            entry = self._http[loop] = (http, closer)
+        return entry[0]
 
     async def aclose(self) -> None:
         """Close the connection pool of the running event loop."""
-        http = self._http.pop(asyncio.get_running_loop(), None)
-        if http is not None:
-            await http.aclose()
+        entry = self._http.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[1].aclose()
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """One non-streaming Chat Completion, retried as configured."""
@@ -156,7 +163,7 @@ class ModelClient:
     async def _send(self, body: dict[str, Any], *, stream: bool) -> Any:
         import httpx2
 
-        http = self._client()
+        http = await self._client()
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         url = "/chat/completions"
         attempt = 0
@@ -207,6 +214,13 @@ class ModelClient:
                     return min(max(when.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER)
         delay = min(self.backoff_base * 2**attempt, self.backoff_max)
         return delay * (0.75 + random.random() / 2)
+
+
+async def _close_at_shutdown(http: Any) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await http.aclose()
 
 
 def _snippet(value: Any, limit: int = 300) -> str:
