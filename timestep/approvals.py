@@ -10,6 +10,9 @@ written around each tool call (items with a ``journal`` key, never sent to the m
                exact tool call the model made.
 ``decision``   a person's answer: approve or decline, an optional message, and edited arguments
                (recorded beside the originals, never over them).
+``result``     the result of a call that finished while an earlier call of the same message was
+               still running: results are stored in call order, so this keeps a finished call's
+               result safe until its turn comes.
 
 :func:`replay` reads a session's items back into a :class:`ConversationState` without any I/O: the
 messages to send to the model and, for the latest assistant message, which tool calls still lack a
@@ -110,6 +113,7 @@ class PendingCall:
     interrupt: Item | None = None  # the open interrupt record, if the call is paused
     decision: Item | None = None  # a recorded decision on that interrupt, not yet acted on
     handoff_received: bool = False
+    result: str | None = None  # a result journaled before its turn to be stored in call order
 
     @property
     def call_fingerprint(self) -> str:
@@ -164,6 +168,8 @@ def replay(items: list[Item]) -> ConversationState:
             p.interrupt, p.decision = item, None
         elif kind == "decision":
             p.decision = item
+        elif kind == "result":
+            p.result = item.get("content")
     pending = [p for cid, p in journal.items() if cid not in answered]
     return ConversationState(messages, pending, calls)
 

@@ -64,6 +64,8 @@ class _Stop(Exception):
 
 async def execute_call(agent: Agent, session: Session, ctx: RunContext, call: PendingCall) -> CallOutcome:
     base: Event = {"agent": agent.name, "depth": ctx.depth, "tool_call_id": call.id, "name": call.name}
+    if call.result is not None:  # it finished before the last run stopped; only storing it was left
+        return CallOutcome(call.result)
     try:
         args = _parse_arguments(ctx, call, {**base, "arguments": call.arguments})
         base["arguments"] = args

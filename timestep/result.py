@@ -57,6 +57,8 @@ async def default_result_processor(events: AsyncIterable[dict[str, Any]]) -> dic
                     "error": None,
                 }
                 result["tool_calls"].append(entry)
+            if "arguments" in event:
+                entry["arguments"] = event["arguments"]  # what the tool ran with, after guardrails and edits
             if kind == "tool_result":
                 entry["result"] = event["result"]
                 entry["error"] = None

@@ -268,7 +268,10 @@ async def _run_calls(
 
         async def one(n: int) -> None:
             outcomes[n] = await execute_call(agent, session, ctx, calls[n])
-            if n:
+            content = outcomes[n].content
+            if n and not stored[n - 1].is_set():
+                if content is not None and calls[n].result is None:  # keep it safe while earlier calls run
+                    await session.add_items([{"journal": "result", "call": calls[n].id, "content": content}])
                 await stored[n - 1].wait()
             await _store_results(session, ctx, head, state, [calls[n]], [outcomes[n]])
             stored[n].set()
