@@ -53,6 +53,7 @@ class CallOutcome:
 
     content: str | None
     interruptions: list[Interruption] = field(default_factory=list)
+    failed: bool = False  # the content is an error message (its tool_error event is already out)
 
 
 class _Stop(Exception):
@@ -108,6 +109,8 @@ async def _call_and_check(
         outcome = await ctx.delegate(agent, handoff, session, ctx, call, args)
         if outcome.content is None:
             return outcome
+        if outcome.failed:
+            raise _Stop(outcome.content)
         result: Any = outcome.content
     else:
         context = ToolContext(tool_call_id=call.id, agent_name=agent.name, conversation_id=session.conversation_id)

@@ -407,7 +407,7 @@ async def _delegate(
             f"(max_handoff_depth={ctx.config.max_handoff_depth})"
         )
         ctx.emit({"type": "tool_error", **head, "name": call.name, "error": msg})
-        return CallOutcome(f"Error: {msg}")
+        return CallOutcome(f"Error: {msg}", failed=True)
     sub = _delegate_session(caller, target, session)
     items = await sub.get_items()
     received = delegate_marker(items, call.id) >= 0
@@ -421,7 +421,7 @@ async def _delegate(
         return CallOutcome(None, outcome.interruptions or [])
     if outcome.status == "error":
         ctx.emit({"type": "tool_error", **head, "name": call.name, "error": f"{target.name} failed: {outcome.error}"})
-        return CallOutcome(f"Error: the agent {target.name} failed: {outcome.error}")
+        return CallOutcome(f"Error: the agent {target.name} failed: {outcome.error}", failed=True)
     return CallOutcome(outcome.final_output or "")
 
 

@@ -14,7 +14,7 @@ How it keeps every message, and keeps appends cheap:
   else is a :class:`~timestep.exceptions.SessionCorruptError` naming the file and line: never a
   silent drop.
 * **Safe names.** Agent names and conversation ids are percent-encoded into file names (only ASCII
-  letters, digits, ``-`` and ``_`` pass through), so ``..``, ``/``, ``\\`` or NUL can never leave
+  letters, digits, ``-``, ``_``, ``~`` and a ``.`` that is not the first character pass through), so ``..``, ``/``, ``\\`` or NUL can never leave
   ``storage_dir``, names with spaces work, and the original names can be listed back.
 * **A read cache.** Each session remembers what it has parsed and the file's size; the next read
   parses only the bytes appended since (by anyone), so a long conversation is parsed once.
@@ -43,7 +43,7 @@ from .base import ConversationInfo, Item, system_item
 
 T = TypeVar("T")
 
-_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_~")
 _MAX_NAME = 200
 _INLINE_READ_LIMIT = 256 * 1024
 
@@ -57,8 +57,8 @@ def encode_name(name: str, what: str) -> str:
     if not isinstance(name, str) or not name:
         raise SessionNameError(f"{what} must be a non-empty string, got {name!r}")
     out = []
-    for ch in name:
-        if ch in _SAFE:
+    for n, ch in enumerate(name):
+        if ch in _SAFE or (ch == "." and n > 0):  # a leading dot could make '.', '..' or a hidden file
             out.append(ch)
         else:
             out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
