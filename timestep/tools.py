@@ -147,10 +147,7 @@ def build_tool(
     doc = inspect.getdoc(fn) or ""
     summary, param_docs = _parse_docstring(doc)
     sig = inspect.signature(fn)
-    try:
-        hints = get_type_hints(fn)
-    except Exception:  # unresolvable annotations: fall back to none rather than refusing the tool
-        hints = {}
+    hints = _type_hints(fn, sig, tool_name)
     context_param = next((p for p in sig.parameters if hints.get(p) is ToolContext), None)
     plain = [p for p in sig.parameters.values() if p.name != context_param]
     target = fn.__call__ if not inspect.isfunction(fn) and not inspect.ismethod(fn) else fn
@@ -164,6 +161,30 @@ def build_tool(
     validator = _build_validator(tool_name, plain, hints, param_docs)
     schema = parameters if parameters is not None else _clean_schema(validator.model_json_schema())
     return Tool(description=description or summary or tool_name, parameters=schema, _validator=validator, **common)
+
+
+def _type_hints(fn: Callable[..., Any], sig: inspect.Signature, tool_name: str) -> dict[str, Any]:
+    """Resolve annotations; one that cannot be resolved is an error, never a silent ``Any``."""
+    try:
+        return get_type_hints(fn)
+    except Exception:
+        pass
+    hints: dict[str, Any] = {}
+    namespace = dict(getattr(fn, "__globals__", {}))
+    for p in sig.parameters.values():
+        if p.annotation is inspect.Parameter.empty:
+            continue
+        if not isinstance(p.annotation, str):
+            hints[p.name] = p.annotation
+            continue
+        try:
+            hints[p.name] = eval(p.annotation, namespace)  # noqa: S307 - the function's own annotation
+        except Exception as exc:
+            raise ConfigurationError(
+                f"tool {tool_name!r}: cannot resolve the type {p.annotation!r} of parameter {p.name!r} ({exc}); "
+                "define the type at module level"
+            ) from None
+    return hints
 
 
 def _is_args_dict(params: list[inspect.Parameter], hints: dict[str, Any]) -> bool:

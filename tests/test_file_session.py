@@ -1,0 +1,141 @@
+"""FileSession's own promises: safe names, append-only writes, torn-line repair, corrupt-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from timestep import FileSession, SessionCorruptError, SessionNameError
+
+HOSTILE = ["..", "../../etc/passwd", "/abs/path", "a\\b", "nul\x00byte", ".hidden", "con", "a/../../b", "~root"]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+async def test_hostile_names_never_leave_the_storage_folder(tmp_path: Path, name: str) -> None:
+    root = tmp_path / "store"
+    for session in (FileSession(name, "c", None, root), FileSession("agent", name, None, root)):
+        await session.add_items([{"role": "user", "content": "hi"}])
+        assert session.path.resolve().is_relative_to(root.resolve())
+        assert session.path.exists()
+    found = {(c.agent_name, c.conversation_id) for c in FileSession.list_conversations(root)}
+    assert found == {(name, "c"), ("agent", name)}
+    assert {p.name for p in tmp_path.iterdir()} == {"store"}
+
+
+def test_names_that_cannot_name_a_file_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SessionNameError, match="non-empty"):
+        FileSession("", "c", None, tmp_path)
+    with pytest.raises(SessionNameError, match="too long"):
+        FileSession("agent", "x" * 500, None, tmp_path)
+
+
+async def test_agent_names_with_spaces_and_unicode(tmp_path: Path) -> None:
+    session = FileSession("Personal Assistant", "Gespräch 1 🌦", "Be kind.", tmp_path)
+    await session.add_items([{"role": "user", "content": "héllo 🌦"}])
+    again = FileSession("Personal Assistant", "Gespräch 1 🌦", "Be kind.", tmp_path)
+    assert await again.get_items() == [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "héllo 🌦"},
+    ]
+
+
+async def test_a_torn_last_line_is_repaired_and_kept_aside(tmp_path: Path) -> None:
+    session = FileSession("a", "c", "sys", tmp_path)
+    await session.add_items([{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}])
+    with open(session.path, "ab") as f:
+        f.write(b'{"role": "user", "content": "thr')  # a writer killed mid-line
+    fresh = FileSession("a", "c", "sys", tmp_path)
+    assert [i.get("content") for i in await fresh.get_items()] == ["sys", "one", "two"]
+    assert Path(str(session.path) + ".torn").read_bytes().startswith(b'{"role": "user", "content": "thr')
+    await fresh.add_items([{"role": "user", "content": "three"}])
+    lines = session.path.read_text().splitlines()
+    assert [json.loads(x)["content"] for x in lines] == ["sys", "one", "two", "three"]
+
+
+async def test_appending_after_a_torn_line_never_merges_lines(tmp_path: Path) -> None:
+    session = FileSession("a", "c", None, tmp_path)
+    await session.add_items([{"role": "user", "content": "one"}])
+    with open(session.path, "ab") as f:
+        f.write(b'{"role": "assis')
+    await FileSession("a", "c", None, tmp_path).add_items([{"role": "user", "content": "two"}])
+    assert [json.loads(x)["content"] for x in session.path.read_text().splitlines()] == ["one", "two"]
+
+
+async def test_a_corrupt_line_in_the_middle_is_a_clear_error_naming_file_and_line(tmp_path: Path) -> None:
+    session = FileSession("a", "c", None, tmp_path)
+    await session.add_items([{"role": "user", "content": str(n)} for n in range(5)])
+    lines = session.path.read_text().splitlines()
+    lines[2] = "{garbage"
+    session.path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SessionCorruptError, match=r"line 3: not valid JSON") as err:
+        await FileSession("a", "c", None, tmp_path).get_items()
+    assert err.value.line == 3 and str(session.path) in str(err.value)
+    assert session.path.read_text().count("\n") == 5  # nothing was dropped or rewritten
+
+
+async def test_append_never_reads_or_rewrites_what_is_stored(tmp_path: Path) -> None:
+    """An append to a file whose middle is unreadable still works: it only writes at the end."""
+    session = FileSession("a", "c", None, tmp_path)
+    await session.add_items([{"role": "user", "content": "x" * 100} for _ in range(10_000)])
+    with open(session.path, "r+b") as f:
+        f.seek(500_000)
+        f.write(b"\xff\xff")
+    before = session.path.read_bytes()
+    inode = session.path.stat().st_ino
+    await FileSession("a", "c", None, tmp_path).add_items([{"role": "assistant", "content": "appended"}])
+    after = session.path.read_bytes()
+    assert after.startswith(before) and after[len(before) :] == b'{"role":"assistant","content":"appended"}\n'
+    assert session.path.stat().st_ino == inode
+
+
+async def test_pop_and_clear_keep_the_system_message(tmp_path: Path) -> None:
+    session = FileSession("a", "c", "sys", tmp_path)
+    assert await session.pop_item() is None
+    await session.add_items([{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}])
+    assert await session.pop_item() == {"role": "assistant", "content": "2"}
+    assert await session.get_items(limit=1) == [{"role": "user", "content": "1"}]
+    await session.clear_session()
+    assert await FileSession("a", "c", "sys", tmp_path).get_items() == [{"role": "system", "content": "sys"}]
+    assert await session.pop_item() is None
+
+
+async def test_the_cache_sees_appends_from_other_writers(tmp_path: Path) -> None:
+    mine, theirs = FileSession("a", "c", None, tmp_path), FileSession("a", "c", None, tmp_path)
+    await mine.add_items([{"role": "user", "content": "1"}])
+    assert len(await mine.get_items()) == 1
+    await theirs.add_items([{"role": "assistant", "content": "2"}])
+    assert [i["content"] for i in await mine.get_items()] == ["1", "2"]
+    await theirs.pop_item()
+    os.utime(mine.path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert [i["content"] for i in await mine.get_items()] == ["1"]
+
+
+async def test_a_large_read_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    session = FileSession("a", "c", None, tmp_path)
+    await session.add_items([{"role": "user", "content": "y" * 1000} for _ in range(20_000)])
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    start = ticks
+    items = await FileSession("a", "c", None, tmp_path).get_items()
+    task.cancel()
+    assert len(items) == 20_000
+    assert ticks - start > 1  # the loop kept running while 20 MB were parsed in a worker thread
+
+
+async def test_fsync_mode_writes_durably(tmp_path: Path) -> None:
+    session = FileSession("a", "c", None, tmp_path, fsync=True)
+    await session.add_items([{"role": "user", "content": "durable"}])
+    assert await FileSession("a", "c", None, tmp_path).get_items() == [{"role": "user", "content": "durable"}]
