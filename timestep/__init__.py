@@ -19,7 +19,7 @@ from .exceptions import (
 from .guardrails import GuardrailInterrupt, GuardrailResult, InputGuardrail, OutputGuardrail
 from .model import ModelClient
 from .result import default_result_processor
-from .run import RunConfig, RunHandle, run_agent
+from .run import RunConfig, RunHandle, pending_interruptions, run_agent
 from .sessions import ConversationInfo, FileSession, Session
 from .tools import Tool, ToolContext, tool
 
@@ -51,6 +51,7 @@ __all__ = [
     "Tool",
     "ToolContext",
     "default_result_processor",
+    "pending_interruptions",
     "run_agent",
     "tool",
 ]

@@ -435,6 +435,29 @@ def _delegate_session(caller: Agent, target: Agent, session: Session) -> Session
     return sub
 
 
+async def pending_interruptions(agent: Agent, session: Session) -> list[Interruption]:
+    """The tool calls waiting for a person in this conversation, its delegates' included.
+
+    Read from the session alone, so a different process (a web handler, the command line) can show
+    what is pending and then answer with ``run_agent(agent, [], session, approvals=...)``.
+    """
+    found = []
+    for call, _ in await _pending_interrupts(agent, session, 0):
+        assert call.interrupt is not None
+        record = call.interrupt
+        found.append(
+            Interruption(
+                tool_call_id=call.id,
+                tool_name=record.get("tool", call.name),
+                args=record.get("args") or {},
+                prompt=record.get("prompt") or "",
+                agent=record.get("agent") or agent.name,
+                kind=record.get("kind", "approval"),
+            )
+        )
+    return found
+
+
 async def _check_approvals(agent: Agent, session: Session, decisions: dict[str, Decision], has_messages: bool) -> None:
     """Refuse, before anything runs, approvals that match no pending call, and messages sent while calls wait."""
     pending = await _pending_interrupts(agent, session, 0)

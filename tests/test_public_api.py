@@ -1,0 +1,48 @@
+"""Pin the public names, so an accidental export or removal fails here first."""
+
+import timestep
+
+EXPECTED = [
+    "Agent",
+    "ApprovalError",
+    "ConfigurationError",
+    "ConversationInfo",
+    "FileSession",
+    "GuardrailInterrupt",
+    "GuardrailResult",
+    "InputGuardrail",
+    "Interruption",
+    "MaxTurnsExceeded",
+    "ModelClient",
+    "ModelConnectionError",
+    "ModelError",
+    "ModelHTTPError",
+    "ModelResponseError",
+    "OutputGuardrail",
+    "RunConfig",
+    "RunHandle",
+    "Session",
+    "SessionCorruptError",
+    "SessionError",
+    "SessionNameError",
+    "SessionUnavailableError",
+    "TimestepError",
+    "Tool",
+    "ToolContext",
+    "default_result_processor",
+    "pending_interruptions",
+    "run_agent",
+    "tool",
+]
+
+
+def test_public_names() -> None:
+    assert timestep.__all__ == EXPECTED
+    for name in EXPECTED:
+        assert getattr(timestep, name) is not None
+
+
+def test_errors_share_one_root() -> None:
+    errors = [getattr(timestep, n) for n in EXPECTED if n.endswith("Error") or n == "MaxTurnsExceeded"]
+    assert len(errors) == 12 and all(issubclass(e, timestep.TimestepError) for e in errors)
+    assert not issubclass(timestep.GuardrailInterrupt, timestep.TimestepError)  # a signal, not an error
