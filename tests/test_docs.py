@@ -30,7 +30,7 @@ def arguments_for(schema: dict[str, Any], text: str) -> dict[str, Any]:
             args[name] = to[-1] if to else "someone"
         elif prop.get("type") == "integer":
             args[name] = numbers.pop(0) if numbers else 1
-        elif name in schema.get("required", []) or prop.get("type") == "string" and "default" not in prop:
+        elif name in schema.get("required", []) or (prop.get("type") == "string" and "default" not in prop):
             args[name] = text
     return args
 

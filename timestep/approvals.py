@@ -129,8 +129,9 @@ class ConversationState:
     @property
     def final_output(self) -> str | None:
         """The last assistant answer, if the conversation ends with one."""
-        if self.messages and self.messages[-1].get("role") == "assistant" and not self.messages[-1].get("tool_calls"):
-            content = self.messages[-1].get("content")
+        last = self.messages[-1] if self.messages else {}
+        if last.get("role") == "assistant" and not last.get("tool_calls"):
+            content = last.get("content")
             return content if isinstance(content, str) else None
         return None
 
@@ -138,14 +139,7 @@ class ConversationState:
 def replay(items: list[Item]) -> ConversationState:
     """Rebuild what a run needs from stored items; pure, so it is tested without a store."""
     messages = [i for i in items if "role" in i]
-    last_call_msg = -1
-    for n in range(len(items) - 1, -1, -1):
-        item = items[n]
-        if item.get("role") == "assistant" and item.get("tool_calls"):
-            last_call_msg = n
-            break
-        if item.get("role") in ("user", "system", "assistant"):
-            break
+    last_call_msg = _latest_tool_call_message(items)
     if last_call_msg < 0:
         return ConversationState(messages)
     calls = items[last_call_msg]["tool_calls"]
@@ -157,21 +151,33 @@ def replay(items: list[Item]) -> ConversationState:
     for item in items[last_call_msg + 1 :]:
         if item.get("role") == "tool":
             answered.add(item.get("tool_call_id", ""))
-            continue
-        p = journal.get(item.get("call", ""))
-        kind = item.get("journal")
-        if p is None or kind is None:
-            continue
-        if kind == "started":
-            p.started, p.started_args = True, item.get("args")
-        elif kind == "interrupt":
-            p.interrupt, p.decision = item, None
-        elif kind == "decision":
-            p.decision = item
-        elif kind == "result":
-            p.result = item.get("content")
+        elif (p := journal.get(item.get("call", ""))) is not None:
+            _apply_record(p, item)
     pending = [p for cid, p in journal.items() if cid not in answered]
     return ConversationState(messages, pending, calls)
+
+
+def _latest_tool_call_message(items: list[Item]) -> int:
+    """Index of the assistant message with tool calls that ends the conversation, or -1."""
+    for n in range(len(items) - 1, -1, -1):
+        role = items[n].get("role")
+        if role == "assistant" and items[n].get("tool_calls"):
+            return n
+        if role in ("user", "system", "assistant"):
+            return -1
+    return -1
+
+
+def _apply_record(p: PendingCall, item: Item) -> None:
+    kind = item.get("journal")
+    if kind == "started":
+        p.started, p.started_args = True, item.get("args")
+    elif kind == "interrupt":
+        p.interrupt, p.decision = item, None
+    elif kind == "decision":
+        p.decision = item
+    elif kind == "result":
+        p.result = item.get("content")
 
 
 def delegate_marker(items: list[Item], parent_call_id: str) -> int:

@@ -94,8 +94,8 @@ async def _call_and_check(
     """Journal the start, run the tool (or the delegate), then the output chain."""
     base["arguments"] = args
     handoff = agent.get_handoff(call.name)
+    tool = agent.get_tool(call.name)
     if handoff is None:
-        tool = agent.get_tool(call.name)
         if tool is None:
             raise _fail(ctx, base, f"there is no tool named {call.name!r}; available: {', '.join(agent.tool_names)}")
         try:
@@ -113,6 +113,7 @@ async def _call_and_check(
             raise _Stop(outcome.content)
         result: Any = outcome.content
     else:
+        assert tool is not None
         context = ToolContext(tool_call_id=call.id, agent_name=agent.name, conversation_id=session.conversation_id)
         try:
             result = await tool.invoke(call_args, context)
@@ -166,7 +167,7 @@ def _parse_arguments(ctx: RunContext, call: PendingCall, base: Event) -> dict[st
     try:
         args = json.loads(raw)
     except ValueError as exc:
-        raise _fail(ctx, base, f"the arguments for {call.name} are not valid JSON ({exc}); send a JSON object") from None
+        raise _fail(ctx, base, f"the arguments for {call.name} are not valid JSON ({exc})") from None
     if not isinstance(args, dict):
         raise _fail(ctx, base, f"the arguments for {call.name} must be a JSON object, not {type(args).__name__}")
     return args

@@ -212,7 +212,7 @@ class ModelClient:
                     when = None
                 if when is not None:
                     return min(max(when.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER)
-        delay = min(self.backoff_base * 2**attempt, self.backoff_max)
+        delay = min(self.backoff_base * 2.0**attempt, self.backoff_max)
         return delay * (0.75 + random.random() / 2)
 
 

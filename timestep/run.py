@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ from .model import ModelClient
 from .result import default_result_processor
 from .sessions.base import Item, Session
 
-ResultProcessor = Callable[[AsyncIterator[Event]], Awaitable[Any]]
+ResultProcessor = Callable[[AsyncIterable[Event]], Awaitable[Any]]
 HistoryPolicy = Callable[[list[Item]], list[Item]]
 
 

@@ -141,7 +141,7 @@ def build_tool(
     parameters: dict[str, Any] | None = None,
     idempotent: bool = False,
 ) -> Tool:
-    tool_name = name or getattr(fn, "__name__", "")
+    tool_name: str = name or str(getattr(fn, "__name__", ""))
     if not TOOL_NAME_RE.match(tool_name):
         raise ConfigurationError(f"tool name {tool_name!r} is not allowed: use 1-64 letters, digits, '_' or '-'")
     doc = inspect.getdoc(fn) or ""
@@ -150,17 +150,17 @@ def build_tool(
     hints = _type_hints(fn, sig, tool_name)
     context_param = next((p for p in sig.parameters if hints.get(p) is ToolContext), None)
     plain = [p for p in sig.parameters.values() if p.name != context_param]
-    target = fn.__call__ if not inspect.isfunction(fn) and not inspect.ismethod(fn) else fn
-    is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(fn)
-    common = dict(fn=fn, name=tool_name, idempotent=idempotent, context_param=context_param, _is_async=is_async)
+    call = getattr(fn, "__call__", None)  # noqa: B004 - a callable object's coroutine-ness lives on __call__
+    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+    text = description or summary or tool_name
 
     if _is_args_dict(plain, hints):
         schema = parameters if parameters is not None else _infer_args_dict_schema(fn, plain[0].name)
-        return Tool(description=description or summary or tool_name, parameters=schema, args_dict=True, **common)
+        return Tool(fn, tool_name, text, schema, idempotent, True, context_param, None, is_async)
 
     validator = _build_validator(tool_name, plain, hints, param_docs)
     schema = parameters if parameters is not None else _clean_schema(validator.model_json_schema())
-    return Tool(description=description or summary or tool_name, parameters=schema, _validator=validator, **common)
+    return Tool(fn, tool_name, text, schema, idempotent, False, context_param, validator, is_async)
 
 
 def _type_hints(fn: Callable[..., Any], sig: inspect.Signature, tool_name: str) -> dict[str, Any]:
@@ -178,7 +178,7 @@ def _type_hints(fn: Callable[..., Any], sig: inspect.Signature, tool_name: str) 
             hints[p.name] = p.annotation
             continue
         try:
-            hints[p.name] = eval(p.annotation, namespace)  # noqa: S307 - the function's own annotation
+            hints[p.name] = eval(p.annotation, namespace)  # the function's own annotation, as typing would
         except Exception as exc:
             raise ConfigurationError(
                 f"tool {tool_name!r}: cannot resolve the type {p.annotation!r} of parameter {p.name!r} ({exc}); "

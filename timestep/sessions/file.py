@@ -14,8 +14,9 @@ How it keeps every message, and keeps appends cheap:
   else is a :class:`~timestep.exceptions.SessionCorruptError` naming the file and line: never a
   silent drop.
 * **Safe names.** Agent names and conversation ids are percent-encoded into file names (only ASCII
-  letters, digits, ``-``, ``_``, ``~`` and a ``.`` that is not the first character pass through), so ``..``, ``/``, ``\\`` or NUL can never leave
-  ``storage_dir``, names with spaces work, and the original names can be listed back.
+  letters, digits, ``-``, ``_``, ``~`` and a ``.`` that is not the first character pass through), so
+  ``..``, ``/``, ``\\`` or NUL can never leave ``storage_dir``, names with spaces work, and the
+  original names can be listed back.
 * **A read cache.** Each session remembers what it has parsed and the file's size; the next read
   parses only the bytes appended since (by anyone), so a long conversation is parsed once.
 * **The event loop stays free.** Small operations (the common case: a lock that is free and a few
