@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -249,3 +250,36 @@ def test_sigkill_anywhere_then_resume(server: TestServer, store: Path, effects: 
         else:
             assert count == 1  # its result was recorded: it ran exactly once
             assert real is None or results[call_id] == real
+
+
+async def test_a_handler_answers_calls_left_waiting_and_one_question_at_a_time(
+    server: TestServer, client: ModelClient, store: Path, effects: Path
+) -> None:
+    server.script(
+        Reply.tool_calls(
+            ToolCall("get_weather", {"city": "Oslo"}, id="o1"), ToolCall("get_weather", {"city": "oslo"}, id="o2")
+        )
+    )
+    paused = await run_agent(agent, OSLO, session(store), client=client)
+    assert paused["status"] == "interrupted"
+
+    asking = 0
+    overlapped = False
+
+    async def slow_person(interruption: Interruption) -> bool:
+        nonlocal asking, overlapped
+        asking += 1
+        overlapped = overlapped or asking > 1
+        await asyncio.sleep(0.05)
+        asking -= 1
+        return interruption.tool_call_id == "o1"
+
+    server.script(Reply.text("One of two."), Reply.text("Noted."))
+    # A new message with a handler present: the waiting calls are settled first, then the message is sent.
+    result = await run_agent(
+        agent, [{"role": "user", "content": "thanks"}], session(store), approval_handler=slow_person, client=client
+    )
+    assert result["status"] == "completed" and not overlapped
+    assert ran(effects) == [{"city": "Oslo"}]
+    items = await session(store).get_items()
+    assert valid_for_api(items) and items[-2] == {"role": "user", "content": "thanks"}

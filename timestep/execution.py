@@ -7,6 +7,7 @@ result or paused for a person.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ class RunContext:
     approval_handler: ApprovalHandler | None
     client: ModelClient
     delegate: Callable[..., Awaitable[CallOutcome]]
+    approval_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     depth: int = 0
     inherited_guardrails: tuple[InputGuardrail | OutputGuardrail, ...] = ()
 
@@ -71,9 +73,13 @@ async def execute_call(agent: Agent, session: Session, ctx: RunContext, call: Pe
         args = _parse_arguments(ctx, call, {**base, "arguments": call.arguments})
         base["arguments"] = args
         if call.interrupt is not None and call.decision is None:
-            if call.id not in ctx.approvals:
+            if call.id in ctx.approvals:
+                decision = ctx.approvals.pop(call.id)
+            elif ctx.approval_handler is not None:
+                decision = parse_decision(call.id, await _ask_handler(ctx, call.interrupt, agent))
+            else:
                 return _still_pending(ctx, call, base, agent)
-            call.decision = await _record_decision(session, ctx, call, ctx.approvals.pop(call.id), base)
+            call.decision = await _record_decision(session, ctx, call, decision, base)
         if call.started:
             return await _resume_started(agent, session, ctx, call, base)
         if call.decision is not None and not call.decision["approve"]:
@@ -262,10 +268,18 @@ async def _ask(
             }
         )
         return
-    answer = ctx.approval_handler(_interruption_from(record, agent))
-    if inspect.isawaitable(answer):
-        answer = await answer
+    answer = await _ask_handler(ctx, record, agent)
     call.decision = await _record_decision(session, ctx, call, parse_decision(call.id, answer), base)
+
+
+async def _ask_handler(ctx: RunContext, record: dict[str, Any], agent: Agent) -> Any:
+    """One question at a time: concurrent tool calls must not talk over each other at a terminal."""
+    assert ctx.approval_handler is not None
+    async with ctx.approval_lock:
+        answer = ctx.approval_handler(_interruption_from(record, agent))
+        if inspect.isawaitable(answer):
+            answer = await answer
+    return answer
 
 
 async def _record_decision(

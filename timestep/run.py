@@ -130,7 +130,7 @@ def run_agent(
             client=model_client,
             delegate=_delegate,
         )
-        await _check_approvals(agent, session, decisions, bool(messages))
+        await _check_approvals(agent, session, decisions, bool(messages) and approval_handler is None)
         await _run_level(agent, list(messages), session, ctx)
 
     return RunHandle(drive, result_processor)

@@ -330,7 +330,7 @@ class FileSession:
             for f in agent_dir.glob("*.jsonl"):
                 st = f.stat()
                 with open(f, "rb") as fh:
-                    count = sum(1 for line in fh if b'"role"' in line)
+                    count = sum(1 for line in fh if _is_message_line(line))
                 found.append(
                     ConversationInfo(
                         agent_name=decode_name(agent_dir.name),
@@ -340,3 +340,14 @@ class FileSession:
                     )
                 )
         return sorted(found, key=lambda c: c.updated_at, reverse=True)
+
+
+def _is_message_line(line: bytes) -> bool:
+    """A stored message, not a journal record (whose arguments may well contain a ``role`` key)."""
+    if b'"role"' not in line:
+        return False
+    try:
+        item = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(item, dict) and "role" in item
