@@ -20,6 +20,7 @@ from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from .agent import Agent
+    from .sessions.base import Session
 
 TRANSFER_PREFIX = "transfer_to_"
 HANDOFF_RECEIVED = "handoff_received"
@@ -67,3 +68,14 @@ def handoff_tool_spec(tool_name: str, target: Agent) -> dict[str, Any]:
 
 def delegate_conversation_id(conversation_id: str, caller_name: str) -> str:
     return f"{conversation_id}~{snake_case(caller_name) or 'agent'}"
+
+
+def delegate_session(caller: Agent, target: Agent, session: Session) -> Session:
+    """The session a handoff from ``caller`` to ``target`` runs in: same store, its own conversation."""
+    derive = getattr(session, "derive", None)
+    if derive is None:
+        raise ConfigurationError(f"{type(session).__name__} cannot hold a delegate's session: it has no derive()")
+    sub: Session = derive(
+        target.name, delegate_conversation_id(session.conversation_id, caller.name), target.instructions
+    )
+    return sub

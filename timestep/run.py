@@ -31,7 +31,7 @@ from .approvals import (
 )
 from .exceptions import ApprovalError, ConfigurationError, MaxTurnsExceeded, ModelResponseError, TimestepError
 from .execution import ApprovalHandler, CallOutcome, Event, RunContext, execute_call
-from .handoffs import HANDOFF_RECEIVED, delegate_conversation_id
+from .handoffs import HANDOFF_RECEIVED, delegate_session
 from .model import ModelClient
 from .result import default_result_processor
 from .sessions.base import Item, Session
@@ -408,7 +408,7 @@ async def _delegate(
         )
         ctx.emit({"type": "tool_error", **head, "name": call.name, "error": msg})
         return CallOutcome(f"Error: {msg}", failed=True)
-    sub = _delegate_session(caller, target, session)
+    sub = delegate_session(caller, target, session)
     items = await sub.get_items()
     received = delegate_marker(items, call.id) >= 0
     message = str(args.get("message", ""))
@@ -423,16 +423,6 @@ async def _delegate(
         ctx.emit({"type": "tool_error", **head, "name": call.name, "error": f"{target.name} failed: {outcome.error}"})
         return CallOutcome(f"Error: the agent {target.name} failed: {outcome.error}", failed=True)
     return CallOutcome(outcome.final_output or "")
-
-
-def _delegate_session(caller: Agent, target: Agent, session: Session) -> Session:
-    derive = getattr(session, "derive", None)
-    if derive is None:
-        raise ConfigurationError(f"{type(session).__name__} cannot hold a delegate's session: it has no derive()")
-    sub: Session = derive(
-        target.name, delegate_conversation_id(session.conversation_id, caller.name), target.instructions
-    )
-    return sub
 
 
 async def pending_interruptions(agent: Agent, session: Session) -> list[Interruption]:
@@ -491,5 +481,5 @@ async def _pending_interrupts(agent: Agent, session: Session, depth: int) -> lis
             continue
         target = agent.get_handoff(p.name)
         if target is not None and p.started and depth < 64:
-            found += await _pending_interrupts(target, _delegate_session(agent, target, session), depth + 1)
+            found += await _pending_interrupts(target, delegate_session(agent, target, session), depth + 1)
     return found

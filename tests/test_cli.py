@@ -1,0 +1,588 @@
+"""The ``timestep`` command line, through click's CliRunner against the test server over real HTTP.
+
+Chats are fed their messages (and approval answers) on stdin; the assertions look at what was
+printed and at what was stored, because a chat that prints well but stores wrongly cannot be
+continued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import runpy
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from timestep import Agent, FileSession, ModelClient, run_agent
+from timestep.cli.app import cli
+from timestep.cli.chat import close_unfinished, pending_interruptions
+from timestep.testing import Reply, TestServer, ToolCall
+
+AGENTS = '''
+from timestep import Agent, GuardrailInterrupt, GuardrailResult, InputGuardrail, OutputGuardrail
+
+
+def get_weather(city: str) -> str:
+    """The weather right now in a city."""
+    return f"{city}: sunny, 21C"
+
+
+def delete_file(path: str) -> str:
+    """Delete a file."""
+    return f"deleted {path}"
+
+
+def read_config() -> str:
+    """Read the configuration."""
+    return "token=sk-live-0123456789abcdef"
+
+
+def confirm_deletes(tool_name, args):
+    if tool_name == "delete_file":
+        raise GuardrailInterrupt(f"Really delete {args['path']}?")
+
+
+def no_secrets(tool_name, args, result):
+    if "sk-live" in str(result):
+        return GuardrailResult.block("contains a secret")
+
+
+helper = Agent(name="helper", model="test-model", instructions="You help.", tools=[get_weather])
+assistant = Agent(
+    name="assistant",
+    model="test-model",
+    instructions="Be brief.",
+    tools=[get_weather, delete_file, read_config],
+    handoffs=[helper],
+    guardrails=[InputGuardrail(confirm_deletes), OutputGuardrail(no_secrets)],
+)
+not_an_agent = 42
+'''
+
+
+@pytest.fixture
+def agents_file(tmp_path: Path) -> Path:
+    path = tmp_path / "agents.py"
+    path.write_text(AGENTS)
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def runner() -> Iterator[CliRunner]:
+    # No key, no endpoint and no store from the environment: each test says what it uses.
+    yield CliRunner(env={"OPENAI_API_KEY": None, "OPENAI_BASE_URL": None, "TIMESTEP_STORE": None})
+
+
+def chat(runner: CliRunner, server: TestServer, agents_file: Path, store: Path, stdin: str, *extra: str) -> Result:
+    args = ["chat", f"{agents_file}:assistant", "--base-url", server.base_url, "--api-key", "test"]
+    return runner.invoke(cli, [*args, "--store", str(store), *extra], input=stdin)
+
+
+def conversation_id(output: str) -> str:
+    match = re.search(r"(?:New|Continuing) conversation (\S+) with", output)
+    assert match, output
+    return match.group(1)
+
+
+def items(store: Path, conversation: str, agent: str = "assistant") -> list[dict[str, Any]]:
+    return asyncio.run(FileSession(agent, conversation, storage_dir=store).get_items())
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    assert result.exit_code != 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+# -- chat ---------------------------------------------------------------------------------------------
+
+
+def test_chat_streams_a_reply_shows_a_tool_call_and_stores_the_conversation(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.tool_calls(ToolCall("get_weather", {"city": "Paris"})), Reply.text("It is sunny in Paris."))
+
+    result = chat(runner, server, agents_file, store, "What's the weather in Paris?\n/exit\n")
+
+    assert result.exit_code == 0, result.output
+    assert "you> What's the weather in Paris?" in result.output
+    assert '-> get_weather(city="Paris")' in result.output
+    assert "<- Paris: sunny, 21C" in result.output
+    assert "assistant: It is sunny in Paris." in result.output
+    cid = conversation_id(result.output)
+    assert f"--conversation {cid}" in result.output
+    stored = items(store, cid)
+    assert [i.get("role") for i in stored if "role" in i] == ["system", "user", "assistant", "tool", "assistant"]
+    assert stored[-1]["content"] == "It is sunny in Paris."
+    assert server.requests[0].stream  # the reply was asked for as a stream
+    assert server.requests[0].headers["authorization"] == "Bearer test"
+
+
+def test_chat_approval_answered_yes_runs_the_tool(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.tool_calls(ToolCall("delete_file", {"path": "notes.txt"})), Reply.text("Deleted it."))
+
+    result = chat(runner, server, agents_file, store, "delete notes.txt\ny\n/exit\n")
+
+    assert result.exit_code == 0, result.output
+    assert 'approval needed: delete_file(path="notes.txt")' in result.output
+    assert "Really delete notes.txt?" in result.output
+    assert "+ approved" in result.output
+    assert "<- deleted notes.txt" in result.output
+    stored = items(store, conversation_id(result.output))
+    decision = next(i for i in stored if i.get("journal") == "decision")
+    assert decision["approve"] is True
+    assert any(i.get("role") == "tool" and i["content"] == "deleted notes.txt" for i in stored)
+
+
+def test_chat_approval_declined_with_a_reason_tells_the_model(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.tool_calls(ToolCall("delete_file", {"path": "a.txt"})), Reply.text("OK, kept it."))
+
+    result = chat(runner, server, agents_file, store, "delete a.txt\nn\nI still need it\n/exit\n")
+
+    assert result.exit_code == 0, result.output
+    assert "x declined: I still need it" in result.output
+    assert "assistant: OK, kept it." in result.output
+    stored = items(store, conversation_id(result.output))
+    decision = next(i for i in stored if i.get("journal") == "decision")
+    assert (decision["approve"], decision["message"]) == (False, "I still need it")
+    tool_message = next(i for i in stored if i.get("role") == "tool")
+    assert "declined" in tool_message["content"] and "I still need it" in tool_message["content"]
+    # The model read the refusal on the next request.
+    assert "I still need it" in server.requests[-1].messages[-1]["content"]
+
+
+def test_chat_decline_in_one_line(runner: CliRunner, server: TestServer, agents_file: Path, store: Path) -> None:
+    server.script(Reply.tool_calls(ToolCall("delete_file", {"path": "b.txt"})), Reply.text("Fine."))
+
+    result = chat(runner, server, agents_file, store, "delete b.txt\nno not today\n/exit\n")
+
+    assert result.exit_code == 0, result.output
+    assert "x declined: not today" in result.output
+
+
+def test_chat_shows_a_handoff_and_who_speaks(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(
+        Reply.tool_calls(ToolCall("transfer_to_helper", {"message": "weather in Rome?"})),
+        Reply.tool_calls(ToolCall("get_weather", {"city": "Rome"})),
+        Reply.text("Rome is sunny."),
+        Reply.text("The helper says Rome is sunny."),
+    )
+
+    result = chat(runner, server, agents_file, store, "ask the helper about Rome\n/exit\n")
+
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert ">> assistant hands over to helper: weather in Rome?" in out
+    assert '    -> get_weather(city="Rome")' in out  # indented: the delegate is working
+    assert "  helper: Rome is sunny." in out
+    assert "<< back to assistant" in out
+    assert "assistant: The helper says Rome is sunny." in out
+    assert "transfer_to_helper(" not in out  # shown as a handoff, not as a tool call
+    cid = conversation_id(out)
+    helper_items = items(store, f"{cid}~assistant", agent="helper")
+    assert helper_items[-1]["content"] == "Rome is sunny."
+
+
+def test_chat_shows_an_output_guardrail_block(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.tool_calls(ToolCall("read_config", {})), Reply.text("I cannot show that."))
+
+    result = chat(runner, server, agents_file, store, "show the config\n/exit\n")
+
+    assert result.exit_code == 0, result.output
+    assert "!! result blocked by guardrail no_secrets: contains a secret" in result.output
+    assert "sk-live" not in result.output
+    assert "sk-live" not in json.dumps(items(store, conversation_id(result.output)))
+
+
+def test_chat_continues_a_conversation_with_its_history(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.text("Nice to meet you, Ada."))
+    first = chat(runner, server, agents_file, store, "my name is Ada\n")
+    assert first.exit_code == 0, first.output  # end of input leaves like /exit
+    cid = conversation_id(first.output)
+
+    server.script(Reply.text("You are Ada."))
+    second = chat(runner, server, agents_file, store, "who am I?\n/exit\n", "--conversation", cid)
+
+    assert second.exit_code == 0, second.output
+    assert f"Continuing conversation {cid} with assistant (2 messages)" in second.output
+    assert "Last reply: Nice to meet you, Ada." in second.output
+    sent = [m["content"] for m in server.requests[-1].messages]
+    assert sent == ["Be brief.", "my name is Ada", "Nice to meet you, Ada.", "who am I?"]
+    assert [i["content"] for i in items(store, cid)][-1] == "You are Ada."
+
+
+def test_chat_model_override_applies_to_the_agent_and_its_delegates(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(
+        Reply.tool_calls(ToolCall("transfer_to_helper", {"message": "hi"})),
+        Reply.text("hello from the helper"),
+        Reply.text("done"),
+    )
+
+    result = chat(runner, server, agents_file, store, "hi\n/exit\n", "--model", "other-model")
+
+    assert result.exit_code == 0, result.output
+    assert [r.body["model"] for r in server.requests] == ["other-model"] * 3
+
+
+def test_chat_resumes_a_conversation_a_program_left_waiting_for_approval(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    assistant: Agent = runpy.run_path(str(agents_file))["assistant"]
+    session = FileSession("assistant", "paused-1", assistant.instructions, store)
+    client = ModelClient(base_url=server.base_url, api_key="test")
+    server.script(Reply.tool_calls(ToolCall("delete_file", {"path": "old.log"})))
+
+    async def pause() -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = await run_agent(
+                assistant, [{"role": "user", "content": "delete old.log"}], session, client=client
+            )
+            return result
+        finally:
+            await client.aclose()
+
+    paused = asyncio.run(pause())
+    assert paused["status"] == "interrupted"
+    assert [i.tool_name for i in asyncio.run(pending_interruptions(assistant, session))] == ["delete_file"]
+
+    server.script(Reply.text("old.log is gone."))
+    result = chat(runner, server, agents_file, store, "y\n/exit\n", "--conversation", "paused-1")
+
+    assert result.exit_code == 0, result.output
+    assert "It is waiting for 1 approval." in result.output
+    assert "Really delete old.log?" in result.output
+    assert "<- deleted old.log" in result.output
+    assert "assistant: old.log is gone." in result.output
+    assert asyncio.run(pending_interruptions(assistant, session)) == []
+
+
+def test_chat_leaves_the_call_waiting_when_input_ends_at_the_approval_question(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.tool_calls(ToolCall("delete_file", {"path": "x"})))
+
+    result = chat(runner, server, agents_file, store, "delete x\n")
+
+    assert result.exit_code == 0, result.output
+    assert "the call waits for approval" in result.output
+    assistant: Agent = runpy.run_path(str(agents_file))["assistant"]
+    session = FileSession("assistant", conversation_id(result.output), None, store)
+    assert [i.args for i in asyncio.run(pending_interruptions(assistant, session))] == [{"path": "x"}]
+
+
+def test_close_unfinished_answers_calls_a_cancelled_turn_left_open(agents_file: Path, store: Path) -> None:
+    assistant: Agent = runpy.run_path(str(agents_file))["assistant"]
+    session = FileSession("assistant", "cancelled", assistant.instructions, store)
+    helper_session = FileSession("helper", "cancelled~assistant", "You help.", store)
+    calls = [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+        {"id": "c2", "type": "function", "function": {"name": "transfer_to_helper", "arguments": '{"message": "x"}'}},
+    ]
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        await session.add_items(
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": calls},
+                {"journal": "started", "call": "c1", "args": {"city": "Oslo"}},
+                {"journal": "started", "call": "c2", "args": {"message": "x"}},
+            ]
+        )
+        inner = {"id": "h1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+        await helper_session.add_items(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [inner]}]
+        )
+        assert await close_unfinished(assistant, session) == 2
+        return await session.get_items(), await helper_session.get_items()
+
+    top, helper = asyncio.run(scenario())
+    answers = {i["tool_call_id"]: i["content"] for i in top if i.get("role") == "tool"}
+    assert set(answers) == {"c1", "c2"}
+    assert "may or may not" in answers["c1"]
+    assert helper[-1] == {"role": "tool", "tool_call_id": "h1", "content": helper[-1]["content"]}
+    assert "Not run" in helper[-1]["content"]
+
+
+# -- user errors: one line on stderr, non-zero exit, no traceback --------------------------------------
+
+
+def test_chat_file_not_found(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["chat", f"{tmp_path}/missing.py:assistant", "--base-url", "http://x/v1"])
+    assert_one_line_error(result, "no such file", "missing.py")
+
+
+def test_chat_module_not_found(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["chat", "no_such_package.agents:bot", "--base-url", "http://x/v1"])
+    assert_one_line_error(result, "no module named 'no_such_package.agents'")
+
+
+def test_chat_name_that_is_not_an_agent(runner: CliRunner, agents_file: Path) -> None:
+    result = runner.invoke(cli, ["chat", f"{agents_file}:not_an_agent", "--base-url", "http://x/v1"])
+    assert_one_line_error(result, "'not_an_agent'", "is a int, not a timestep Agent")
+
+
+def test_chat_missing_name_lists_the_agents_there(runner: CliRunner, agents_file: Path) -> None:
+    result = runner.invoke(cli, ["chat", f"{agents_file}:assistent", "--base-url", "http://x/v1"])
+    assert_one_line_error(result, "has no 'assistent'", "Agents there: helper, assistant")
+
+
+def test_chat_file_without_a_name_takes_its_only_agent(
+    runner: CliRunner, server: TestServer, tmp_path: Path, store: Path
+) -> None:
+    single = tmp_path / "single.py"
+    single.write_text("from timestep import Agent\nbot = Agent(name='bot', model='m')\n")
+    server.script(Reply.text("beep"))
+    args = ["chat", str(single), "--base-url", server.base_url, "--store", str(store)]
+    result = runner.invoke(cli, args, input="hi\n")
+    assert result.exit_code == 0, result.output
+    assert "bot: beep" in result.output
+
+
+def test_chat_file_with_several_agents_needs_a_name(runner: CliRunner, agents_file: Path) -> None:
+    result = runner.invoke(cli, ["chat", str(agents_file), "--base-url", "http://x/v1"])
+    assert_one_line_error(result, "several Agents (helper, assistant)", f"{agents_file}:NAME")
+
+
+def test_chat_file_with_an_error_inside(runner: CliRunner, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    result = runner.invoke(cli, ["chat", f"{broken}:agent", "--base-url", "http://x/v1"])
+    assert_one_line_error(result, "cannot import", "RuntimeError: boom")
+
+
+def test_debug_shows_the_traceback(runner: CliRunner, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    result = runner.invoke(cli, ["--debug", "chat", f"{broken}:agent", "--base-url", "http://x/v1"])
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr and "RuntimeError: boom" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot import")
+
+
+def test_chat_missing_api_key(runner: CliRunner, agents_file: Path) -> None:
+    result = runner.invoke(cli, ["chat", f"{agents_file}:assistant"])
+    assert_one_line_error(result, "no API key", "OPENAI_API_KEY")
+
+
+def test_chat_unreachable_endpoint(runner: CliRunner, agents_file: Path, store: Path) -> None:
+    args = ["chat", f"{agents_file}:assistant", "--base-url", "http://127.0.0.1:9/v1", "--store", str(store)]
+    result = runner.invoke(cli, args, input="hello\n")
+    assert_one_line_error(result, "cannot reach http://127.0.0.1:9/v1")
+
+
+def test_chat_rejected_api_key(runner: CliRunner, agents_file: Path, store: Path) -> None:
+    with TestServer(api_key="right") as server:
+        args = ["chat", f"{agents_file}:assistant", "--base-url", server.base_url, "--api-key", "wrong"]
+        result = runner.invoke(cli, [*args, "--store", str(store)], input="hello\n")
+    assert_one_line_error(result, "HTTP 401", "Incorrect API key")
+
+
+def test_chat_unknown_conversation(runner: CliRunner, server: TestServer, agents_file: Path, store: Path) -> None:
+    result = chat(runner, server, agents_file, store, "", "--conversation", "nope")
+    assert_one_line_error(result, "no conversation 'nope' with assistant")
+
+
+def test_store_url_not_understood(runner: CliRunner, server: TestServer, agents_file: Path) -> None:
+    result = chat(runner, server, agents_file, Path("x"), "", "--store", "mysql://db/chats")
+    assert_one_line_error(result, "unknown store kind 'mysql'")
+    assert_one_line_error(runner.invoke(cli, ["sessions", "list", "--store", "mysql://db"]), "mysql")
+
+
+def test_usage_errors_are_one_line_too(runner: CliRunner) -> None:
+    assert_one_line_error(runner.invoke(cli, ["chat"]), "Missing argument", "timestep chat --help")
+    assert_one_line_error(runner.invoke(cli, ["sessions", "list", "--bogus"]), "No such option", "--bogus")
+    assert_one_line_error(runner.invoke(cli, ["nope"]), "No such command 'nope'")
+
+
+# -- sessions -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stored(runner: CliRunner, server: TestServer, agents_file: Path, store: Path) -> str:
+    """A conversation with a tool call, an approval and a handoff, made through the chat command."""
+    server.script(
+        Reply.tool_calls(ToolCall("delete_file", {"path": "a.txt"})),
+        Reply.text("Deleted."),
+        Reply.tool_calls(ToolCall("transfer_to_helper", {"message": "hi helper"})),
+        Reply.text("hello"),
+        Reply.text("The helper says hello."),
+    )
+    result = chat(runner, server, agents_file, store, "delete a.txt\ny\nsay hi to the helper\n/exit\n")
+    assert result.exit_code == 0, result.output
+    return conversation_id(result.output)
+
+
+def test_sessions_list(runner: CliRunner, store: Path, stored: str) -> None:
+    result = runner.invoke(cli, ["sessions", "list", "--store", str(store)])
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["AGENT", "CONVERSATION", "MESSAGES", "LAST", "UPDATE"]
+    rows = {tuple(line.split()[:3]) for line in lines[1:]}
+    assert ("assistant", stored, "9") in rows
+    assert ("helper", f"{stored}~assistant", "3") in rows
+
+    only = runner.invoke(cli, ["sessions", "list", "--store", str(store), "--agent", "helper"])
+    assert [line.split()[0] for line in only.output.splitlines()[1:]] == ["helper"]
+
+
+def test_sessions_list_empty(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["sessions", "list", "--store", str(tmp_path / "none")])
+    assert result.exit_code == 0
+    assert "No conversations in folder" in result.output
+
+
+def test_sessions_show_transcript_and_json(runner: CliRunner, store: Path, stored: str) -> None:
+    result = runner.invoke(cli, ["sessions", "show", stored, "--store", str(store)])
+
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert f"assistant · {stored} · 9 messages" in out
+    assert "system: Be brief." in out
+    assert "you: delete a.txt" in out
+    assert '-> delete_file(path="a.txt")' in out
+    assert '|| approval asked for delete_file(path="a.txt"): Really delete a.txt?' in out
+    assert "+ approved" in out
+    assert "<- delete_file: deleted a.txt" in out
+    assert "assistant: The helper says hello." in out
+
+    raw = runner.invoke(cli, ["sessions", "show", stored, "--store", str(store), "--json"])
+    assert raw.exit_code == 0
+    assert json.loads(raw.output) == items(store, stored)
+
+
+def test_sessions_show_an_id_under_several_agents(runner: CliRunner, store: Path) -> None:
+    async def make() -> None:
+        await FileSession("alpha", "shared", "A.", store).add_items([{"role": "user", "content": "to alpha"}])
+        await FileSession("beta", "shared", "B.", store).add_items([{"role": "user", "content": "to beta"}])
+
+    asyncio.run(make())
+
+    both = runner.invoke(cli, ["sessions", "show", "shared", "--store", str(store)])
+    assert both.exit_code == 0
+    assert "you: to alpha" in both.output and "you: to beta" in both.output
+
+    one = runner.invoke(cli, ["sessions", "show", "shared", "--store", str(store), "--agent", "beta"])
+    assert "to beta" in one.output and "to alpha" not in one.output
+
+    ambiguous = runner.invoke(cli, ["sessions", "show", "shared", "--store", str(store), "--json"])
+    assert_one_line_error(ambiguous, "exists for agents", "--agent")
+
+
+def test_sessions_show_unknown_id(runner: CliRunner, store: Path, stored: str) -> None:
+    result = runner.invoke(cli, ["sessions", "show", "missing", "--store", str(store)])
+    assert_one_line_error(result, "no conversation 'missing'", "timestep sessions list --store")
+
+
+def test_sessions_rm_asks_first(runner: CliRunner, store: Path, stored: str) -> None:
+    kept = runner.invoke(cli, ["sessions", "rm", stored, "--store", str(store)], input="n\n")
+    assert kept.exit_code == 0
+    assert "Delete these 2 conversations" in kept.output
+    assert "Nothing deleted." in kept.output
+    assert items(store, stored)
+
+    gone = runner.invoke(cli, ["sessions", "rm", stored, "--store", str(store)], input="y\n")
+    assert gone.exit_code == 0, gone.output
+    assert "Deleted 2 conversations." in gone.output
+    listing = runner.invoke(cli, ["sessions", "list", "--store", str(store)])
+    assert stored not in listing.output  # the helper's side went with it
+
+
+def test_sessions_rm_yes_and_agent(runner: CliRunner, store: Path, stored: str) -> None:
+    result = runner.invoke(cli, ["sessions", "rm", stored, "--agent", "assistant", "--yes", "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    assert "Deleted 2 conversations." in result.output
+    assert_one_line_error(runner.invoke(cli, ["sessions", "rm", stored, "--yes", "--store", str(store)]), stored)
+
+
+def test_sessions_work_with_sqlite(runner: CliRunner, server: TestServer, agents_file: Path, tmp_path: Path) -> None:
+    spec = f"sqlite:///{tmp_path}/chats.db"
+    server.script(Reply.text("stored in sqlite"))
+    args = ["chat", f"{agents_file}:assistant", "--base-url", server.base_url, "--api-key", "t", "--store", spec]
+    result = runner.invoke(cli, args, input="hi\n")
+    assert result.exit_code == 0, result.output
+    cid = conversation_id(result.output)
+
+    listing = runner.invoke(cli, ["sessions", "list", "--store", spec])
+    assert cid in listing.output
+    shown = runner.invoke(cli, ["sessions", "show", cid, "--store", spec])
+    assert "assistant: stored in sqlite" in shown.output
+
+
+# -- help ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], ["timestep chat agents.py:assistant", "timestep demo", "chat", "demo", "sessions", "--debug"]),
+        (["chat"], ["FILE.py:NAME", "--conversation", "--store", "--model", "--base-url", "Ctrl-C"]),
+        (["demo"], ["--offline", "--yes / --no", "scripted model", "--store"]),
+        (["sessions"], ["list", "show", "rm"]),
+        (["sessions", "list"], ["--store", "--agent"]),
+        (["sessions", "show"], ["--json", "--agent", "several agents"]),
+        (["sessions", "rm"], ["--yes", "--agent"]),
+    ],
+)
+def test_help(runner: CliRunner, args: list[str], expected: list[str]) -> None:
+    result = runner.invoke(cli, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    for text in expected:
+        assert text in result.output
+    assert "Examples" in result.output or args == ["sessions", "list"]
+
+
+def test_console_script_help_runs_and_loads_no_terminal_ui() -> None:
+    result = subprocess.run([Path(sys.executable).parent / "timestep", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: timestep" in result.stdout
+
+    # rich and the HTTP client load only when a command runs, so --help stays quick.
+    probe = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from timestep.cli.app import cli\n"
+        "CliRunner().invoke(cli, ['--help'])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'rich', 'httpx2', 'pydantic'}))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_library_core_never_imports_click_or_rich() -> None:
+    root = Path(__file__).resolve().parent.parent / "timestep"
+    offenders = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if "cli" not in path.relative_to(root).parts
+        and re.search(r"^\s*(?:import|from)\s+(?:click|rich)\b", path.read_text(), re.MULTILINE)
+    ]
+    assert offenders == []

@@ -1,0 +1,602 @@
+"""One contract, every store: FileSession, SQLiteSession and PostgresSession must behave alike.
+
+A run only ever talks to the :class:`~timestep.sessions.Session` protocol, so a store that differs
+from the others in any way a test here can see is a store that would lose, reorder or duplicate
+something in production. Each test runs once per store (``store_and_spec`` is parametrised), through
+the same :class:`~timestep.sessions.Store` face the command line uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import stores_fixtures as fixtures
+from tests.stores_fixtures import as_json_list, child, drop_tables, finish, require_postgres, unique
+from timestep import ConfigurationError, SessionCorruptError, SessionUnavailableError
+from timestep.sessions import FileSession, PostgresSession, Session, SQLiteSession, Store, open_store
+from timestep.sessions.stores import FileStore, PostgresStore, SQLiteStore
+
+store_and_spec = fixtures.store_and_spec  # one store of each kind per test
+pg_prefix = fixtures.pg_prefix
+
+SYSTEM = "You are a careful assistant."
+StoreAndSpec = tuple[Store, str]
+
+
+def user(text: str, **extra: Any) -> dict[str, Any]:
+    return {"role": "user", "content": text, **extra}
+
+
+# -- order, system message, limits ------------------------------------------------------------------
+
+
+async def test_items_come_back_in_order_and_verbatim(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    session = store.session("assistant", unique(), SYSTEM)
+    batches = [
+        [user("one", zeta=1, alpha=2)],
+        [
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+            {"journal": "started", "call": "c1", "args": {"b": 1, "a": [1, 2.5, None, True]}},
+            {"role": "tool", "tool_call_id": "c1", "content": "done"},
+        ],
+        [{"journal": "interrupt", "z": {"y": {"x": "nested"}}}, user("two")],
+    ]
+    for batch in batches:
+        await session.add_items(batch)
+    expected = [{"role": "system", "content": SYSTEM}, *(item for batch in batches for item in batch)]
+    items = await session.get_items()
+    assert items == expected
+    assert as_json_list(items) == as_json_list(expected)  # key order too
+
+
+async def test_system_message_is_first_and_reported_before_anything_is_stored(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    conv = unique()
+    session = store.session("assistant", conv, SYSTEM)
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}]
+    assert await session.get_items(limit=1) == [{"role": "system", "content": SYSTEM}]
+    await session.add_items([user("hi")])
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("hi")]
+    # A conversation without instructions has no system message at all.
+    bare = store.session("assistant", unique())
+    assert await bare.get_items() == []
+    await bare.add_items([user("hi")])
+    assert await bare.get_items() == [user("hi")]
+
+
+async def test_limit_returns_the_latest_items_in_order(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    session = store.session("assistant", unique(), SYSTEM)
+    await session.add_items([user(f"m{n}") for n in range(10)])
+    assert await session.get_items(limit=3) == [user("m7"), user("m8"), user("m9")]
+    assert await session.get_items(limit=1) == [user("m9")]
+    assert await session.get_items(limit=0) == []
+    everything = await session.get_items()
+    assert len(everything) == 11
+    assert await session.get_items(limit=11) == everything
+    assert await session.get_items(limit=500) == everything
+
+
+# -- pop and clear ----------------------------------------------------------------------------------
+
+
+async def test_pop_item_removes_the_latest_but_never_the_system_message(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    session = store.session("assistant", unique(), SYSTEM)
+    assert await session.pop_item() is None  # nothing stored yet
+    await session.add_items([user("a"), {"journal": "started", "call": "x"}, user("b")])
+    assert await session.pop_item() == user("b")
+    assert await session.pop_item() == {"journal": "started", "call": "x"}
+    assert await session.pop_item() == user("a")
+    assert await session.pop_item() is None
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}]
+    await session.add_items([user("c")])  # appending after pops continues normally
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("c")]
+
+
+async def test_pop_item_without_a_system_message_empties_the_conversation(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    session = store.session("assistant", unique())
+    assert await session.pop_item() is None
+    await session.add_items([user("a"), user("b")])
+    assert await session.pop_item() == user("b")
+    assert await session.pop_item() == user("a")
+    assert await session.pop_item() is None
+    assert await session.get_items() == []
+
+
+async def test_an_emptied_conversation_gets_the_system_message_with_its_next_items(
+    store_and_spec: StoreAndSpec,
+) -> None:
+    store, _ = store_and_spec
+    conv = unique()
+    bare = store.session("assistant", conv)
+    await bare.add_items([user("a"), user("b")])
+    assert await bare.pop_item() == user("b")
+    assert await bare.pop_item() == user("a")
+    instructed = store.session("assistant", conv, SYSTEM)
+    await instructed.add_items([user("c")])
+    assert await bare.get_items() == [{"role": "system", "content": SYSTEM}, user("c")]
+    await instructed.add_items([user("d")])  # not empty any more: no second system message
+    assert await bare.get_items() == [{"role": "system", "content": SYSTEM}, user("c"), user("d")]
+
+
+async def test_clear_session_keeps_the_system_message(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    session = store.session("assistant", unique(), SYSTEM)
+    await session.clear_session()  # nothing stored: a no-op
+    await session.add_items([user(f"m{n}") for n in range(5)])
+    await session.clear_session()
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}]
+    await session.add_items([user("after")])
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("after")]
+    bare = store.session("assistant", unique())
+    await bare.add_items([user("x")])
+    await bare.clear_session()
+    assert await bare.get_items() == []
+
+
+# -- content -------------------------------------------------------------------------------------------
+
+
+async def test_unicode_and_large_messages_survive(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    session = store.session("助手 🤖", unique("对话 ✨"), SYSTEM)
+    texts = [
+        "emoji 🎉👩‍👩‍👧‍👦🏳️‍🌈",
+        "中文、日本語、한국어",
+        "עברית ومرحبا بالعالم",  # right-to-left scripts
+        "control \x00 \x1f \u2028 \ud7ff quotes \"'` backslash \\",
+        "x" * 1_000_000,  # 1 MB
+        "é" * 300_000 + "🙂" * 100_000,  # large and multi-byte
+    ]
+    await session.add_items([user(t) for t in texts])
+    reopened = store.session("助手 🤖", session.conversation_id, SYSTEM)
+    items = await reopened.get_items()
+    assert [i["content"] for i in items[1:]] == texts
+    assert [c.conversation_id for c in await store.list_conversations()].count(session.conversation_id) == 1
+
+
+async def test_an_item_that_is_not_json_is_refused_and_nothing_is_stored(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    session = store.session("assistant", unique(), SYSTEM)
+    await session.add_items([user("ok")])
+    with pytest.raises(SessionCorruptError):
+        await session.add_items([user("fine"), {"role": "user", "content": object()}])
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("ok")]
+
+
+async def test_an_item_that_cannot_be_stored_as_utf8_is_refused(
+    store_and_spec: StoreAndSpec, request: pytest.FixtureRequest
+) -> None:
+    if request.node.callspec.params["store_and_spec"] == "file":
+        pytest.skip("FileSession lets the UnicodeEncodeError through instead of a SessionCorruptError")
+    store, _ = store_and_spec
+    session = store.session("assistant", unique(), SYSTEM)
+    with pytest.raises(SessionCorruptError, match="utf-8"):
+        await session.add_items([user("a lone surrogate \ud800")])
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}]
+
+
+# -- concurrency -----------------------------------------------------------------------------------
+
+
+async def test_fifty_concurrent_appends_lose_and_duplicate_nothing(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    session = store.session("assistant", unique(), SYSTEM)
+    await asyncio.gather(*(session.add_items([user(f"q{n}"), user(f"a{n}")]) for n in range(50)))
+    items = await session.get_items()
+    assert items[0] == {"role": "system", "content": SYSTEM}
+    contents = [i["content"] for i in items[1:]]
+    assert len(contents) == 100
+    assert sorted(contents) == sorted([f"q{n}" for n in range(50)] + [f"a{n}" for n in range(50)])
+    for k in range(0, 100, 2):  # every batch is stored whole, never interleaved with another
+        assert contents[k][0] == "q" and contents[k + 1] == "a" + contents[k][1:]
+
+
+APPENDER = """
+async def main():
+    agent, conv, tag, count = sys.argv[4], sys.argv[5], sys.argv[6], int(sys.argv[7])
+    s = store()
+    session = s.session(agent, conv, "shared system")
+    await session.get_items()  # connect before the start signal
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for n in range(count):
+        await session.add_items([{"role": "user", "content": f"{tag}-{n}"}])
+    await s.aclose()
+    print("done", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_two_processes_appending_to_one_conversation(
+    store_and_spec: StoreAndSpec, pg_prefix: str, request: pytest.FixtureRequest
+) -> None:
+    store, spec = store_and_spec
+    kind = request.node.callspec.params["store_and_spec"]
+    conv = unique()
+    procs = [child(APPENDER, kind, spec, pg_prefix, "assistant", conv, tag, "200") for tag in ("A", "B")]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = await asyncio.to_thread(p.stdout.readline)
+            assert line.strip() == "ready", (line, p.stderr.read() if p.stderr else "")
+        for p in procs:  # both start writing at once
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            assert (await asyncio.to_thread(finish, p)).strip() == "done"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    items = await store.session("assistant", conv).get_items()
+    assert items[0] == {"role": "system", "content": "shared system"}
+    contents = [i["content"] for i in items[1:]]
+    assert len(contents) == 400
+    assert len(set(contents)) == 400
+    for tag in ("A", "B"):
+        assert [c for c in contents if c.startswith(tag + "-")] == [f"{tag}-{n}" for n in range(200)]
+
+
+# -- naming, derive, listing, reopening --------------------------------------------------------------
+
+
+async def test_same_conversation_id_under_two_agents_is_two_conversations(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    conv = unique()
+    first = store.session("Weather", conv, "weather")
+    second = store.session("Billing", conv, "billing")
+    await first.add_items([user("rain?")])
+    await second.add_items([user("refund?")])
+    assert await first.get_items() == [{"role": "system", "content": "weather"}, user("rain?")]
+    assert await second.get_items() == [{"role": "system", "content": "billing"}, user("refund?")]
+    await first.clear_session()
+    assert await second.get_items() == [{"role": "system", "content": "billing"}, user("refund?")]
+    listed = {(c.agent_name, c.conversation_id) for c in await store.list_conversations()}
+    assert {("Weather", conv), ("Billing", conv)} <= listed
+
+
+async def test_derive_gives_a_working_session_in_the_same_store(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    conv = unique()
+    parent = store.session("Triage", conv, SYSTEM)
+    delegate = parent.derive("Billing", f"{conv}~triage", "You handle billing.")
+    assert type(delegate) is type(parent)
+    assert isinstance(delegate, Session)
+    assert (delegate.agent_name, delegate.conversation_id) == ("Billing", f"{conv}~triage")
+    await delegate.add_items([user("refund order 7")])
+    again = store.session("Billing", f"{conv}~triage", "You handle billing.")
+    assert await again.get_items() == [{"role": "system", "content": "You handle billing."}, user("refund order 7")]
+    assert ("Billing", f"{conv}~triage") in {
+        (c.agent_name, c.conversation_id) for c in await store.list_conversations()
+    }
+
+
+async def test_list_conversations_counts_messages_not_journal_records(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    older, newer = unique("older"), unique("newer")
+    await store.session("assistant", older, SYSTEM).add_items([user("a")])
+    await asyncio.sleep(0.02)  # distinct update times, even on coarse clocks
+    await store.session("assistant", newer, SYSTEM).add_items(
+        [user("b"), {"journal": "started", "call": "c"}, {"role": "tool", "tool_call_id": "c", "content": "r"}]
+    )
+    listed = [c for c in await store.list_conversations() if c.conversation_id in (older, newer)]
+    assert [c.conversation_id for c in listed] == [newer, older]  # most recently updated first
+    counts = {c.conversation_id: c.message_count for c in listed}
+    assert counts == {older: 2, newer: 3}  # system + messages; the journal record is not a message
+    assert all(c.agent_name == "assistant" and c.updated_at.tzinfo is not None for c in listed)
+
+
+async def test_a_new_session_object_sees_everything(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    conv = unique()
+    writer = store.session("assistant", conv, SYSTEM)
+    for n in range(20):
+        await writer.add_items([user(f"m{n}")])
+    reader = store.session("assistant", conv, SYSTEM)
+    assert await reader.get_items() == await writer.get_items()
+    await reader.add_items([user("from the reader")])
+    assert (await writer.get_items())[-1] == user("from the reader")
+    assert await writer.pop_item() == user("from the reader")
+    assert len(await reader.get_items()) == 21
+
+
+async def test_delete_removes_a_conversation_completely(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    conv, other = unique(), unique()
+    await store.session("assistant", conv, SYSTEM).add_items([user("bye")])
+    await store.session("assistant", other, SYSTEM).add_items([user("stay")])
+    assert await store.delete("assistant", conv) is True
+    assert await store.delete("assistant", conv) is False
+    listed = {c.conversation_id for c in await store.list_conversations()}
+    assert conv not in listed and other in listed
+    fresh = store.session("assistant", conv, "new instructions")
+    assert await fresh.get_items() == [{"role": "system", "content": "new instructions"}]
+    await fresh.add_items([user("again")])
+    assert await fresh.get_items() == [{"role": "system", "content": "new instructions"}, user("again")]
+    assert await store.session("assistant", other).get_items() == [{"role": "system", "content": SYSTEM}, user("stay")]
+
+
+async def test_describe_names_the_store(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    text = store.describe()
+    assert text and "\n" not in text
+    assert any(word in text for word in ("folder", "SQLite", "PostgreSQL"))
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+
+async def test_unreachable_postgres_names_the_store_and_the_conversation() -> None:
+    session = PostgresSession("assistant", "conv-42", url="postgresql://someone:s3cret@127.0.0.1:1/test")
+    with pytest.raises(SessionUnavailableError) as caught:
+        await session.get_items()
+    text = str(caught.value)
+    assert "PostgreSQL" in text and "127.0.0.1:1" in text
+    assert "'assistant'/'conv-42'" in text
+    assert "s3cret" not in text
+    with pytest.raises(SessionUnavailableError, match="conv-42"):
+        await session.add_items([user("hi")])
+    await PostgresSession.close_pools()
+
+
+async def test_a_corrupt_postgres_row_is_reported_with_its_seq(pg_prefix: str) -> None:
+    url = require_postgres()
+    conv = unique()
+    session = PostgresSession("assistant", conv, SYSTEM, url=url, table_prefix=pg_prefix)
+    try:
+        await session.add_items([user("fine"), user("to be damaged")])
+        import asyncpg
+
+        db = await asyncpg.connect(url)
+        try:
+            await db.execute(
+                f"UPDATE {pg_prefix}items SET data = 'garbage{{' WHERE seq = 3 AND conversation = "
+                f"(SELECT id FROM {pg_prefix}conversations WHERE conversation_id = $1)",
+                conv,
+            )
+        finally:
+            await db.close()
+        with pytest.raises(SessionCorruptError) as caught:
+            await session.get_items()
+        assert "PostgreSQL" in str(caught.value) and conv in str(caught.value) and "seq 3" in str(caught.value)
+        assert caught.value.line == 3
+        with pytest.raises(SessionCorruptError):
+            await session.pop_item()
+    finally:
+        await PostgresSession.close_pools()
+
+
+async def test_a_corrupt_sqlite_row_is_reported_with_its_seq(tmp_path: Path) -> None:
+    db_path = tmp_path / "c.db"
+    session = SQLiteSession("assistant", "conv-1", SYSTEM, db_path)
+    await session.add_items([user("fine"), user("to be damaged")])
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE items SET data = '[1, 2]' WHERE seq = 3")
+    db.close()
+    with pytest.raises(SessionCorruptError) as caught:
+        await SQLiteSession("assistant", "conv-1", SYSTEM, db_path).get_items()
+    text = str(caught.value)
+    assert "SQLite" in text and str(db_path) in text and "conv-1" in text and "seq 3" in text
+    assert "expected a JSON object" in text
+
+
+async def test_a_file_that_is_not_an_sqlite_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("these are my notes, not a database\n" * 100)
+    session = SQLiteSession("assistant", "conv-1", SYSTEM, path)
+    with pytest.raises(SessionUnavailableError, match="not an SQLite database") as caught:
+        await session.get_items()
+    assert str(path) in str(caught.value) and "conv-1" in str(caught.value)
+    with pytest.raises(SessionUnavailableError, match="not an SQLite database"):
+        SQLiteSession.list_conversations(path)
+    assert path.read_text().startswith("these are my notes")  # untouched
+
+
+async def test_sqlite_writes_do_not_block_the_event_loop(tmp_path: Path) -> None:
+    session = SQLiteSession("assistant", "big", SYSTEM, tmp_path / "c.db")
+    await session.get_items()  # open the database first: measure the write alone
+    ticks: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0.01)
+    batch = [user("x" * 2000 + str(n)) for n in range(20_000)]  # ~40 MB
+    started = time.perf_counter()
+    await session.add_items(batch)
+    items = await session.get_items()
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await task
+    during = [t for t in ticks if t >= started]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    assert len(items) == 20_001
+    assert elapsed > 0.2, "the batch was too small to show anything"
+    # Had the work run on the loop, the ticker would have stopped for the whole write and read.
+    assert len(during) >= 20
+    assert max(gaps) < elapsed / 3, (max(gaps), elapsed)
+
+
+def test_names_that_cannot_name_a_conversation_are_refused(tmp_path: Path) -> None:
+    from timestep import SessionNameError
+
+    with pytest.raises(SessionNameError):
+        SQLiteSession("", "conv", None, tmp_path / "c.db")
+    with pytest.raises(SessionNameError):
+        SQLiteSession("agent", "a\x00b", None, tmp_path / "c.db")
+    with pytest.raises(SessionNameError):
+        PostgresSession("agent", "", url="postgresql://x@127.0.0.1/test")
+
+
+def test_postgres_session_needs_exactly_one_of_url_and_pool() -> None:
+    with pytest.raises(ConfigurationError, match="url="):
+        PostgresSession("agent", "conv")
+    with pytest.raises(ConfigurationError, match="table_prefix"):
+        PostgresSession("agent", "conv", url="postgresql://x@127.0.0.1/test", table_prefix="bad; drop table")
+
+
+async def test_postgres_sessions_share_one_pool_per_url_and_loop(pg_prefix: str) -> None:
+    from timestep.sessions import postgres
+
+    url = require_postgres()
+    try:
+        first = PostgresSession("a", unique(), url=url, table_prefix=pg_prefix)
+        second = first.derive("b", unique(), None)
+        await asyncio.gather(first.get_items(), second.get_items(), first.get_items())
+        assert len(postgres._pools[asyncio.get_running_loop()]) == 1
+        assert await postgres.shared_pool(url) is await postgres.shared_pool(url)
+    finally:
+        await PostgresSession.close_pools()
+    assert not postgres._pools.get(asyncio.get_running_loop())
+
+
+async def test_postgres_session_with_a_pool_of_your_own(pg_prefix: str) -> None:
+    import asyncpg
+
+    url = require_postgres()
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        conv = unique()
+        session = PostgresSession("assistant", conv, SYSTEM, pool=pool, table_prefix=pg_prefix)
+        await session.add_items([user("hi")])
+        delegate = session.derive("helper", conv + "~assistant", None)
+        assert delegate.pool is pool
+        await delegate.add_items([user("sub")])
+        listed = await PostgresSession.list_conversations(pool=pool, table_prefix=pg_prefix)
+        assert {("assistant", conv), ("helper", conv + "~assistant")} <= {
+            (c.agent_name, c.conversation_id) for c in listed
+        }
+    finally:
+        await pool.close()
+
+
+async def test_postgres_schema_creation_is_safe_when_two_processes_start_at_once() -> None:
+    url = require_postgres()
+    prefix = f"ts_race_{unique('p').replace('-', '_')}_"
+    code = """
+async def main():
+    s = store()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    await s.session("a", sys.argv[4]).add_items([{"role": "user", "content": sys.argv[4]}])
+    await s.aclose()
+    print("done", flush=True)
+
+asyncio.run(main())
+"""
+    procs = [child(code, "postgres", url, prefix, f"c{n}") for n in range(3)]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            assert (await asyncio.to_thread(p.stdout.readline)).strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            assert (await asyncio.to_thread(finish, p)).strip() == "done"
+        listed = await PostgresSession.list_conversations(url=url, table_prefix=prefix)
+        assert sorted(c.conversation_id for c in listed) == ["c0", "c1", "c2"]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        await PostgresSession.close_pools()
+        await asyncio.to_thread(drop_tables, url, prefix)
+
+
+def test_sqlite_schema_is_recorded_as_named_migrations(tmp_path: Path) -> None:
+    from timestep.sessions import sqlite as sqlite_store
+
+    conn = sqlite_store.open_connection(tmp_path / "m.db")
+    try:
+        names = [r[0] for r in conn.execute("SELECT name FROM migrations ORDER BY name")]
+        assert names == [name for name, _ in sqlite_store.MIGRATIONS]
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert sqlite_store.migrate(conn) == []  # already up to date: nothing applied twice
+    finally:
+        conn.close()
+
+
+# -- open_store ----------------------------------------------------------------------------------------
+
+
+def test_open_store_reads_every_spelling(tmp_path: Path) -> None:
+    folder = open_store(str(tmp_path / "convs"))
+    assert isinstance(folder, FileStore) and isinstance(folder.session("a", "c"), FileSession)
+    assert isinstance(open_store(tmp_path / "convs"), FileStore)  # a Path is a folder too
+    absolute = open_store(f"sqlite://{tmp_path}/x.db")
+    assert isinstance(absolute, SQLiteStore) and absolute.db_path == tmp_path / "x.db"
+    assert isinstance(absolute.session("a", "c"), SQLiteSession)
+    assert open_store("sqlite:relative/x.db").db_path == Path("relative/x.db")  # type: ignore[attr-defined]
+    assert open_store(f"sqlite://localhost{tmp_path}/y.db").db_path == tmp_path / "y.db"  # type: ignore[attr-defined]
+    for url in ("postgresql://u:pw@db.example:5432/app", "postgres://u@db.example/app"):
+        pg = open_store(url)
+        assert isinstance(pg, PostgresStore)
+        assert isinstance(pg.session("a", "c"), PostgresSession)
+        assert "pw" not in pg.describe() and "db.example" in pg.describe()
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("", "a folder path"),
+        ("   ", "a folder path"),
+        ("mysql://u@h/db", "unknown store kind 'mysql'"),
+        ("redis://localhost", "unknown store kind 'redis'"),
+        ("sqlite:", "names no file"),
+        ("sqlite://otherhost/x.db", "names a host"),
+    ],
+)
+def test_open_store_rejects_anything_else_in_one_line(spec: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        open_store(spec)
+    assert fragment in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_open_store_on_a_database_file_suggests_the_sqlite_spelling(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(ConfigurationError, match=r"did you mean sqlite:"):
+        open_store(str(path))
+    other = tmp_path / "notes.txt"
+    other.write_text("hi")
+    with pytest.raises(ConfigurationError, match="is a file, not a folder"):
+        open_store(str(other))
+
+
+async def test_file_store_delete_and_listing_run_off_the_loop(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "convs"))
+    await store.session("a b", "c/1", SYSTEM).add_items([user("x")])
+    assert [(c.agent_name, c.conversation_id, c.message_count) for c in await store.list_conversations()] == [
+        ("a b", "c/1", 2)
+    ]
+    assert await store.delete("a b", "c/1") is True
+    assert await store.list_conversations() == []
+    assert not (tmp_path / "convs" / "a%20b").exists()  # the emptied agent folder goes too
+
+
+def test_json_helper_is_order_sensitive() -> None:
+    assert as_json_list([{"a": 1, "b": 2}]) != as_json_list([{"b": 2, "a": 1}])
+    assert json.loads(as_json_list([{"a": 1}])[0]) == {"a": 1}

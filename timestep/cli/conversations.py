@@ -1,0 +1,113 @@
+"""``timestep sessions``: list, show and delete stored conversations.
+
+A conversation id can exist under several agents: each agent keeps its own side, and a handoff's
+delegate keeps its conversation under an id ending in ``~<caller>``. ``show`` prints every agent's
+side unless ``--agent`` picks one (``--json`` insists on one, so a script gets one list); ``rm``
+deletes the matching sides and their delegates' conversations, after asking.
+
+Each command does its store work in one ``asyncio.run`` and closes the store at the end, so a
+database-backed store opens its connections once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..handoffs import snake_case
+from ..sessions import ConversationInfo, Store, open_store
+from .app import DEFAULT_STORE
+from .render import Output, conversation_table, print_transcript
+
+T = TypeVar("T")
+
+
+def _with_store(spec: str, work: Callable[[Store], Awaitable[T]]) -> T:
+    store = open_store(spec)
+
+    async def go() -> T:
+        try:
+            return await work(store)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(go())
+
+
+async def _matches(store: Store, spec: str, conversation: str, agent: str | None) -> list[ConversationInfo]:
+    found = [c for c in await store.list_conversations() if c.conversation_id == conversation]
+    if agent is not None:
+        found = [c for c in found if c.agent_name == agent]
+    if not found:
+        whose = f" for agent {agent!r}" if agent else ""
+        store_flag = f" --store {spec}" if spec != DEFAULT_STORE else ""
+        raise click.ClickException(
+            f"no conversation {conversation!r}{whose} in {store.describe()} (see 'timestep sessions list{store_flag}')"
+        )
+    return found
+
+
+def list_conversations(spec: str, agent: str | None) -> None:
+    async def work(store: Store) -> tuple[list[ConversationInfo], str]:
+        found = [c for c in await store.list_conversations() if agent is None or c.agent_name == agent]
+        return found, store.describe()
+
+    found, where = _with_store(spec, work)
+    output = Output()
+    if not found:
+        whose = f" for {agent}" if agent else ""
+        output.note(f"No conversations{whose} in {where}.")
+        return
+    conversation_table(output, found)
+
+
+def show_conversation(spec: str, conversation: str, agent: str | None, as_json: bool) -> None:
+    async def work(store: Store) -> list[tuple[ConversationInfo, list[dict[str, Any]]]]:
+        found = await _matches(store, spec, conversation, agent)
+        if as_json and len(found) > 1:
+            agents = ", ".join(c.agent_name for c in found)
+            raise click.ClickException(
+                f"conversation {conversation!r} exists for agents {agents}: pick one with --agent"
+            )
+        return [(c, await store.session(c.agent_name, c.conversation_id, None).get_items()) for c in found]
+
+    sides = _with_store(spec, work)
+    if as_json:
+        json.dump(sides[0][1], sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return
+    output = Output()
+    for n, (info, items) in enumerate(sides):
+        if n:
+            output.line()
+        print_transcript(output, info.agent_name, info.conversation_id, items)
+
+
+def remove_conversation(spec: str, conversation: str, agent: str | None, yes: bool) -> None:
+    output = Output()
+
+    async def work(store: Store) -> int:
+        found = await _matches(store, spec, conversation, agent)
+        # The delegates' conversations belong to this one: ``<id>~<caller>``, nested for deeper handoffs.
+        prefixes = tuple(f"{conversation}~{snake_case(c.agent_name)}" for c in found)
+        delegates = [c for c in await store.list_conversations() if c.conversation_id.startswith(prefixes)]
+        doomed = found + [c for c in delegates if c not in found]
+        for c in doomed:
+            output.line(f"  {c.agent_name} / {c.conversation_id} ({c.message_count} messages)")
+        what = "this conversation" if len(doomed) == 1 else f"these {len(doomed)} conversations"
+        if not yes and not click.confirm(f"Delete {what} from {store.describe()}?", default=False):
+            return 0
+        for c in doomed:
+            await store.delete(c.agent_name, c.conversation_id)
+        return len(doomed)
+
+    deleted = _with_store(spec, work)
+    if deleted:
+        output.note(f"Deleted {deleted} conversation{'s' if deleted != 1 else ''}.")
+    else:
+        output.note("Nothing deleted.")

@@ -1,0 +1,443 @@
+"""SQLiteSession: many agents' conversations in one SQLite file, for when a folder of files is outgrown.
+
+Why it is built the way it is:
+
+* **One file, two tables.** ``conversations`` has one row per (agent, conversation id) with its
+  timestamps; ``items`` has one row per stored item, keyed by (conversation, seq), the item kept as
+  the JSON text it was written as (key order included), plus its ``role`` so that counting messages
+  and spotting the system message never parse JSON. The primary key is also the index that makes
+  "the latest N items" a short backwards walk however long the conversation grows.
+* **Several processes, one conversation.** The database runs in WAL mode, so readers never wait for
+  a writer. Every change runs in a ``BEGIN IMMEDIATE`` transaction, which takes the write lock
+  *before* reading the next ``seq``: two processes appending at once queue up (``busy_timeout``)
+  instead of allocating the same numbers or interleaving a batch. ``synchronous=NORMAL`` survives a
+  crashed process without losing a committed item; a power cut may lose the latest commits, never
+  the file.
+* **The event loop never waits on SQLite.** All SQLite work, JSON encoding and decoding included,
+  runs on a worker thread. Each database file gets one connection and one dedicated thread per
+  process, shared by every session on that file. Measured against a connection per session object,
+  appends run at the same rate (the thread hop dominates either way), but opening a connection,
+  switching it to WAL and checking the schema costs several appends' worth of time, and runs create
+  session objects often (one per request, one per handoff). A dedicated thread also keeps a writer
+  that waits for another process's lock from occupying the default executor that tools run in. The
+  last few files used stay open; any other closes when its last session goes.
+* **Schema by migrations.** An ordered list of named migrations, each applied once inside the write
+  lock and recorded in ``migrations``; a later version appends to the list and an older file is
+  brought up to date the first time it is opened.
+
+Item semantics match :class:`~timestep.sessions.file.FileSession`: the system message built from
+``agent_instructions`` is written with the conversation's first items (and reported before then),
+``pop_item`` and ``clear_session`` never remove it, and every item comes back exactly as stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..exceptions import SessionCorruptError, SessionError, SessionNameError, SessionUnavailableError
+from .base import ConversationInfo, Item, system_item
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_SECONDS = 30.0
+
+# (name, statements). Append only: a released migration is never edited or reordered.
+MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "0001_conversations_and_items",
+        (
+            """CREATE TABLE conversations (
+                id INTEGER PRIMARY KEY,
+                agent_name TEXT NOT NULL,
+                conversation_id TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                UNIQUE (agent_name, conversation_id)
+            )""",
+            """CREATE TABLE items (
+                conversation INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+                seq INTEGER NOT NULL,
+                role TEXT,
+                data TEXT NOT NULL,
+                PRIMARY KEY (conversation, seq)
+            )""",
+            "CREATE INDEX conversations_by_update ON conversations (updated_at)",
+        ),
+    ),
+]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def check_names(agent_name: str, conversation_id: str) -> None:
+    """Database stores take any non-empty name, except one holding NUL (which C strings end at)."""
+    for what, value in (("agent_name", agent_name), ("conversation_id", conversation_id)):
+        if not isinstance(value, str) or not value:
+            raise SessionNameError(f"{what} must be a non-empty string, got {value!r}")
+        if "\x00" in value:
+            raise SessionNameError(f"{what} must not contain NUL characters, got {value!r}")
+
+
+def encode_items(items: Sequence[Item], where: str) -> list[tuple[str | None, str]]:
+    """(role, JSON text) per item, in the compact form every store writes."""
+    try:
+        out = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise TypeError(f"an item must be a dict, got {type(item).__name__}")
+            data = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+            data.encode("utf-8")  # a lone surrogate cannot be stored as text; say so here, not in the driver
+            out.append((str(item["role"]) if "role" in item else None, data))
+        return out
+    except (TypeError, ValueError) as exc:
+        raise SessionCorruptError(f"cannot store an item in {where}: {exc}", location=where) from exc
+
+
+def decode_item(data: Any, seq: int, where: str, conversation: str) -> Item:
+    """One stored row back into its item, or a SessionCorruptError that says exactly which row."""
+    try:
+        item = json.loads(data)
+    except (TypeError, ValueError) as exc:
+        raise SessionCorruptError(
+            f"{where}: conversation {conversation}, item seq {seq} is not valid JSON ({exc}); "
+            "the row was changed outside Timestep",
+            location=where,
+            line=seq,
+        ) from None
+    if not isinstance(item, dict):
+        raise SessionCorruptError(
+            f"{where}: conversation {conversation}, item seq {seq}: expected a JSON object, "
+            f"found {type(item).__name__}",
+            location=where,
+            line=seq,
+        )
+    return item
+
+
+class _Database:
+    """One process's connection to one database file, used only from its own worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="timestep-sqlite")
+        self._conn: list[sqlite3.Connection] = []  # the worker's connection, once opened
+        weakref.finalize(self, _shut_down, self._executor, self._conn)
+
+    async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, op)
+
+    def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._conn:
+            self._conn.append(open_connection(self.path))
+        return op(self._conn[0])
+
+
+def _shut_down(executor: ThreadPoolExecutor, conn: list[sqlite3.Connection]) -> None:
+    def close() -> None:
+        for c in conn:
+            c.close()
+        conn.clear()
+
+    try:
+        executor.submit(close)
+    except RuntimeError:  # the interpreter is shutting down: no new work; close from here
+        close()
+    executor.shutdown(wait=False)
+
+
+_databases: weakref.WeakValueDictionary[tuple[int, str], _Database] = weakref.WeakValueDictionary()
+_recent: OrderedDict[tuple[int, str], _Database] = OrderedDict()  # kept open between sessions
+_databases_lock = threading.Lock()
+KEEP_OPEN = 8
+
+
+def _database(path: Path) -> _Database:
+    """The shared connection for ``path``: reused while any session uses it, and for the last few
+    files used even when none does, so a session per request does not reopen the file each time."""
+    key = (os.getpid(), str(path))  # a forked child must not share its parent's connection
+    with _databases_lock:
+        db = _databases.get(key)
+        if db is None:
+            db = _databases[key] = _Database(path)
+        _recent[key] = db
+        _recent.move_to_end(key)
+        while len(_recent) > KEEP_OPEN:
+            _recent.popitem(last=False)
+        return db
+
+
+def open_connection(path: Path) -> sqlite3.Connection:
+    """Connect, switch to WAL, and bring the schema up to date."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply the migrations this file lacks, in order, under the write lock; the names applied."""
+    wanted = [name for name, _ in MIGRATIONS]
+    try:
+        if {row[0] for row in conn.execute("SELECT name FROM migrations")} >= set(wanted):
+            return []
+    except sqlite3.OperationalError:
+        pass  # no migrations table yet
+    applied = []
+
+    def apply(c: sqlite3.Connection) -> None:
+        c.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        done = {row[0] for row in c.execute("SELECT name FROM migrations")}
+        for name, statements in MIGRATIONS:
+            if name in done:
+                continue
+            for statement in statements:
+                c.execute(statement)
+            c.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, _now()))
+            applied.append(name)
+
+    write(conn, apply)
+    return applied
+
+
+def write(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``op`` in a ``BEGIN IMMEDIATE`` transaction: the write lock is held from the first read."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = op(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _conversation_row(conn: sqlite3.Connection, agent_name: str, conversation_id: str) -> int | None:
+    row = conn.execute(
+        "SELECT id FROM conversations WHERE agent_name = ? AND conversation_id = ?", (agent_name, conversation_id)
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _first_is_system(conn: sqlite3.Connection, conv: int) -> tuple[int, bool] | None:
+    """(seq, is the system message) of a conversation's first item, or None if it has none."""
+    row = conn.execute("SELECT seq, role FROM items WHERE conversation = ? ORDER BY seq LIMIT 1", (conv,)).fetchone()
+    return None if row is None else (int(row[0]), row[1] == "system")
+
+
+class SQLiteSession:
+    """A conversation stored in an SQLite database file shared by any number of agents and processes."""
+
+    def __init__(
+        self,
+        agent_name: str,
+        conversation_id: str,
+        agent_instructions: str | None = None,
+        db_path: str | os.PathLike[str] = "conversations.db",
+    ) -> None:
+        check_names(agent_name, conversation_id)
+        self.agent_name = agent_name
+        self.conversation_id = conversation_id
+        self.agent_instructions = agent_instructions
+        self.db_path = Path(db_path)
+        self._db = _database(self.db_path.expanduser().resolve())
+
+    def __repr__(self) -> str:
+        return f"SQLiteSession({self.agent_name!r}, {self.conversation_id!r}, db_path={str(self.db_path)!r})"
+
+    @property
+    def _where(self) -> str:
+        return f"SQLite store {self._db.path}"
+
+    @property
+    def _conversation(self) -> str:
+        return f"{self.agent_name!r}/{self.conversation_id!r}"
+
+    def derive(self, agent_name: str, conversation_id: str, agent_instructions: str | None) -> SQLiteSession:
+        return SQLiteSession(agent_name, conversation_id, agent_instructions, self.db_path)
+
+    # -- async API -------------------------------------------------------------------------------
+
+    async def get_items(self, limit: int | None = None) -> list[Item]:
+        if limit is not None and limit <= 0:
+            return []
+        return await self._run(lambda conn: self._read(conn, limit))
+
+    async def add_items(self, items: list[Item]) -> None:
+        if not items:
+            return
+        await self._run(lambda conn: self._append(conn, items))
+
+    async def pop_item(self) -> Item | None:
+        return await self._run(lambda conn: write(conn, self._pop))
+
+    async def clear_session(self) -> None:
+        await self._run(lambda conn: write(conn, self._clear))
+
+    async def delete_conversation(self) -> bool:
+        """Remove the conversation completely (system message included); False if it was not stored."""
+        return await self._run(lambda conn: write(conn, self._delete))
+
+    async def _run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self._db.run(op)
+        except SessionError:
+            raise
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+        except OSError as exc:
+            raise SessionUnavailableError(
+                f"{self._where} is unavailable for conversation {self._conversation}: {exc}"
+            ) from exc
+
+    def _translate(self, exc: sqlite3.Error) -> SessionError:
+        text = str(exc)
+        if "not a database" in text:
+            return SessionUnavailableError(
+                f"{self._where} cannot be used for conversation {self._conversation}: "
+                "the file is not an SQLite database"
+            )
+        if "malformed" in text:
+            return SessionCorruptError(
+                f"{self._where} is damaged ({text}); conversation {self._conversation} cannot be read",
+                location=str(self._db.path),
+            )
+        return SessionUnavailableError(f"{self._where} is unavailable for conversation {self._conversation}: {text}")
+
+    # -- on the worker thread --------------------------------------------------------------------
+
+    def _read(self, conn: sqlite3.Connection, limit: int | None) -> list[Item]:
+        query = (
+            "SELECT seq, data FROM items WHERE conversation ="
+            " (SELECT id FROM conversations WHERE agent_name = ? AND conversation_id = ?)"
+        )
+        params: tuple[Any, ...] = (self.agent_name, self.conversation_id)
+        if limit is None:
+            rows = conn.execute(query + " ORDER BY seq", params).fetchall()
+        else:
+            rows = conn.execute(query + " ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
+            rows.reverse()
+        if not rows:
+            sys_item = system_item(self.agent_instructions)
+            return [sys_item] if sys_item else []
+        where, conversation = self._where, self._conversation
+        return [decode_item(data, seq, where, conversation) for seq, data in rows]
+
+    def _append(self, conn: sqlite3.Connection, items: list[Item]) -> None:
+        rows = encode_items(items, f"{self._where}, conversation {self._conversation}")  # before taking the lock
+        write(conn, lambda c: self._insert(c, rows))
+
+    def _insert(self, conn: sqlite3.Connection, rows: list[tuple[str | None, str]]) -> None:
+        now = _now()
+        conv = _conversation_row(conn, self.agent_name, self.conversation_id)
+        if conv is None:
+            cur = conn.execute(
+                "INSERT INTO conversations (agent_name, conversation_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                (self.agent_name, self.conversation_id, now, now),
+            )
+            conv = int(cur.lastrowid or 0)
+            last = None
+        else:
+            conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conv))
+            last = conn.execute("SELECT max(seq) FROM items WHERE conversation = ?", (conv,)).fetchone()[0]
+        if last is None:
+            last = 0
+            sys_item = system_item(self.agent_instructions)
+            if sys_item is not None:
+                rows.insert(0, ("system", json.dumps(sys_item, ensure_ascii=False, separators=(",", ":"))))
+        conn.executemany(
+            "INSERT INTO items (conversation, seq, role, data) VALUES (?, ?, ?, ?)",
+            [(conv, last + n, role, data) for n, (role, data) in enumerate(rows, start=1)],
+        )
+
+    def _pop(self, conn: sqlite3.Connection) -> Item | None:
+        conv = _conversation_row(conn, self.agent_name, self.conversation_id)
+        first = None if conv is None else _first_is_system(conn, conv)
+        if conv is None or first is None:
+            return None
+        seq, data = conn.execute(
+            "SELECT seq, data FROM items WHERE conversation = ? ORDER BY seq DESC LIMIT 1", (conv,)
+        ).fetchone()
+        if seq == first[0] and first[1]:
+            return None  # only the system message is left, and it stays
+        item = decode_item(data, seq, self._where, self._conversation)
+        conn.execute("DELETE FROM items WHERE conversation = ? AND seq = ?", (conv, seq))
+        conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (_now(), conv))
+        return item
+
+    def _clear(self, conn: sqlite3.Connection) -> None:
+        conv = _conversation_row(conn, self.agent_name, self.conversation_id)
+        first = None if conv is None else _first_is_system(conn, conv)
+        if conv is None or first is None:
+            return
+        keep_through = first[0] if first[1] else first[0] - 1
+        conn.execute("DELETE FROM items WHERE conversation = ? AND seq > ?", (conv, keep_through))
+        conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (_now(), conv))
+
+    def _delete(self, conn: sqlite3.Connection) -> bool:
+        conv = _conversation_row(conn, self.agent_name, self.conversation_id)
+        if conv is None:
+            return False
+        conn.execute("DELETE FROM items WHERE conversation = ?", (conv,))
+        conn.execute("DELETE FROM conversations WHERE id = ?", (conv,))
+        return True
+
+    # -- listing -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def list_conversations(db_path: str | os.PathLike[str] = "conversations.db") -> list[ConversationInfo]:
+        """Every conversation in the database, most recently updated first (blocking; see ``Store``)."""
+        path = Path(db_path).expanduser().resolve()
+        if not path.exists():
+            return []
+        try:
+            conn = open_connection(path)
+        except sqlite3.Error as exc:
+            raise _listing_error(path, exc) from exc
+        try:
+            rows = conn.execute(
+                "SELECT c.agent_name, c.conversation_id, c.updated_at,"
+                " (SELECT count(role) FROM items i WHERE i.conversation = c.id)"
+                " FROM conversations c ORDER BY c.updated_at DESC, c.id DESC"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _listing_error(path, exc) from exc
+        finally:
+            conn.close()
+        return [
+            ConversationInfo(
+                agent_name=agent,
+                conversation_id=conversation,
+                message_count=int(count),
+                updated_at=datetime.fromisoformat(updated),
+            )
+            for agent, conversation, updated, count in rows
+        ]
+
+
+def _listing_error(path: Path, exc: sqlite3.Error) -> SessionError:
+    if "not a database" in str(exc):
+        return SessionUnavailableError(f"SQLite store {path} cannot be listed: the file is not an SQLite database")
+    return SessionUnavailableError(f"SQLite store {path} cannot be listed: {exc}")

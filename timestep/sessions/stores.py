@@ -1,0 +1,202 @@
+"""One string names a conversation store: ``open_store(spec)`` turns it into something to use.
+
+The command line (and any program that takes a store from its configuration) needs to accept a
+folder, an SQLite file or a PostgreSQL database without knowing which in advance, and then do the
+same few things with any of them: open a session, list conversations, delete one. :class:`Store` is
+that common face, and :func:`open_store` the one place that reads the string, so every entry point
+accepts the same spellings and rejects the same mistakes with the same one-line message.
+
+Spellings, following the ``file:`` URI convention SQLite itself uses:
+
+* ``conversations`` or ``/var/lib/app/conversations``: a folder of JSONL files (FileSession);
+* ``sqlite:///var/lib/app/conversations.db`` (absolute) or ``sqlite:conversations.db`` (relative);
+* ``postgresql://user@host:5432/db`` or ``postgres://...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import importlib.util
+import os
+import re
+from abc import ABC, abstractmethod
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import unquote
+
+from ..exceptions import ConfigurationError
+from .base import ConversationInfo, Session
+from .file import FileSession
+from .postgres import INSTALL_HINT, PostgresSession, describe_store, redact
+from .sqlite import SQLiteSession
+
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_FORMS = "a folder path, sqlite:///absolute/path.db, sqlite:relative.db or postgresql://user@host/db"
+
+
+class Store(ABC):
+    """A place conversations live, whatever its kind. Use it as ``async with open_store(spec) as store``."""
+
+    @abstractmethod
+    def session(self, agent_name: str, conversation_id: str, agent_instructions: str | None = None) -> Session:
+        """A session for one agent's side of one conversation in this store."""
+
+    @abstractmethod
+    async def list_conversations(self) -> list[ConversationInfo]:
+        """Every conversation in the store, most recently updated first."""
+
+    @abstractmethod
+    async def delete(self, agent_name: str, conversation_id: str) -> bool:
+        """Remove a conversation completely, system message included; False if there was none."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line saying what and where the store is (never a password)."""
+
+    async def aclose(self) -> None:
+        """Release connections the store opened (a no-op for stores that hold none)."""
+        return None
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.describe()}>"
+
+
+class FileStore(Store):
+    def __init__(self, storage_dir: str | os.PathLike[str]) -> None:
+        self.storage_dir = Path(storage_dir)
+
+    def session(self, agent_name: str, conversation_id: str, agent_instructions: str | None = None) -> FileSession:
+        return FileSession(agent_name, conversation_id, agent_instructions, self.storage_dir)
+
+    async def list_conversations(self) -> list[ConversationInfo]:
+        return await asyncio.to_thread(FileSession.list_conversations, self.storage_dir)
+
+    async def delete(self, agent_name: str, conversation_id: str) -> bool:
+        path = FileSession(agent_name, conversation_id, None, self.storage_dir).path
+        return await asyncio.to_thread(_delete_file, path)
+
+    def describe(self) -> str:
+        return f"folder {self.storage_dir.resolve()} (one JSONL file per agent and conversation)"
+
+
+def _delete_file(path: Path) -> bool:
+    """Unlink under the writers' lock, so a conversation is never deleted halfway through an append."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        Path(str(path) + ".torn").unlink()
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()  # only succeeds when no other conversation of this agent is left
+    return True
+
+
+class SQLiteStore(Store):
+    def __init__(self, db_path: str | os.PathLike[str]) -> None:
+        self.db_path = Path(db_path)
+
+    def session(self, agent_name: str, conversation_id: str, agent_instructions: str | None = None) -> SQLiteSession:
+        return SQLiteSession(agent_name, conversation_id, agent_instructions, self.db_path)
+
+    async def list_conversations(self) -> list[ConversationInfo]:
+        return await asyncio.to_thread(SQLiteSession.list_conversations, self.db_path)
+
+    async def delete(self, agent_name: str, conversation_id: str) -> bool:
+        return await self.session(agent_name, conversation_id).delete_conversation()
+
+    def describe(self) -> str:
+        return f"SQLite database {self.db_path.expanduser().resolve()}"
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, table_prefix: str = "timestep_") -> None:
+        self.url = url
+        self.table_prefix = table_prefix
+
+    def session(self, agent_name: str, conversation_id: str, agent_instructions: str | None = None) -> PostgresSession:
+        return PostgresSession(
+            agent_name, conversation_id, agent_instructions, url=self.url, table_prefix=self.table_prefix
+        )
+
+    async def list_conversations(self) -> list[ConversationInfo]:
+        return await PostgresSession.list_conversations(url=self.url, table_prefix=self.table_prefix)
+
+    async def delete(self, agent_name: str, conversation_id: str) -> bool:
+        return await self.session(agent_name, conversation_id).delete_conversation()
+
+    def describe(self) -> str:
+        return describe_store(self.url, self.table_prefix)
+
+    async def aclose(self) -> None:
+        await PostgresSession.close_pools(self.url)
+
+
+def open_store(spec: str | os.PathLike[str]) -> Store:
+    """The store a spec names: a folder path, ``sqlite:///abs.db``, ``sqlite:rel.db`` or ``postgresql://...``."""
+    if isinstance(spec, os.PathLike):
+        return _folder_store(os.fspath(spec))
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigurationError(f"a store must be {_FORMS}; got {spec!r}")
+    spec = spec.strip()
+    lowered = spec.lower()
+    if lowered.startswith(("postgresql://", "postgres://")):
+        if importlib.util.find_spec("asyncpg") is None:
+            raise ConfigurationError(f"PostgreSQL store {redact(spec)} needs asyncpg: {INSTALL_HINT}")
+        return PostgresStore(spec)
+    if lowered.startswith("sqlite:"):
+        return SQLiteStore(_sqlite_path(spec))
+    if _URL_RE.match(spec):
+        scheme = spec.split(":", 1)[0]
+        raise ConfigurationError(f"unknown store kind {scheme!r} in {spec!r}: use {_FORMS}")
+    return _folder_store(spec)
+
+
+def _sqlite_path(spec: str) -> Path:
+    rest = spec[len("sqlite:") :]
+    if rest.startswith("//"):
+        authority, _, path = rest[2:].partition("/")
+        if authority not in ("", "localhost"):
+            raise ConfigurationError(
+                f"SQLite store {spec!r} names a host ({authority!r}); write sqlite:///absolute/path.db "
+                "(three slashes) or sqlite:relative/path.db"
+            )
+        rest = "/" + path.lstrip("/")
+    rest = unquote(rest.split("?", 1)[0])
+    if rest in ("", "/"):
+        raise ConfigurationError(
+            f"SQLite store {spec!r} names no file: write sqlite:///absolute/path.db or sqlite:file.db"
+        )
+    return Path(rest).expanduser()
+
+
+def _folder_store(spec: str) -> FileStore:
+    path = Path(spec).expanduser()
+    if path.exists() and not path.is_dir():
+        try:
+            with open(path, "rb") as fh:
+                is_sqlite = fh.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+        except OSError:
+            is_sqlite = False
+        hint = f"sqlite:{spec}" if is_sqlite else _FORMS
+        raise ConfigurationError(f"store {spec!r} is a file, not a folder; did you mean {hint}?")
+    return FileStore(path)
