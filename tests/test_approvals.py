@@ -283,3 +283,29 @@ async def test_a_handler_answers_calls_left_waiting_and_one_question_at_a_time(
     assert ran(effects) == [{"city": "Oslo"}]
     items = await session(store).get_items()
     assert valid_for_api(items) and items[-2] == {"role": "user", "content": "thanks"}
+
+
+async def test_two_resumes_of_one_approval_run_the_tool_once(
+    server: TestServer, client: ModelClient, store: Path, effects: Path
+) -> None:
+    server.script(Reply.tool_calls(ToolCall("get_weather", {"city": "Oslo"}, id="oslo")))
+    await run_agent(agent, OSLO, session(store), client=client)
+    server.script(Reply.text("Sunny in Oslo.", delay=0.1))
+    outcomes = await asyncio.gather(
+        *(run_agent(agent, [], session(store), approvals={"oslo": True}, client=client) for _ in range(2)),
+        return_exceptions=True,
+    )
+    assert sorted(type(o).__name__ for o in outcomes) == ["ApprovalError", "dict"]
+    assert ran(effects) == [{"city": "Oslo"}]
+    items = await session(store).get_items()
+    assert valid_for_api(items) and sum(1 for i in items if i.get("journal") == "decision") == 1
+
+
+async def test_a_run_waits_for_another_run_of_the_same_conversation(
+    server: TestServer, client: ModelClient, store: Path
+) -> None:
+    from timestep import RunConfig, SessionBusyError
+
+    async with session(store).lock():
+        with pytest.raises(SessionBusyError, match="still being run elsewhere"):
+            await run_agent(agent, OSLO, session(store), client=client, config=RunConfig(lock_timeout=0.05))

@@ -22,6 +22,7 @@ EXPECTED = [
     "RunConfig",
     "RunHandle",
     "Session",
+    "SessionBusyError",
     "SessionCorruptError",
     "SessionError",
     "SessionNameError",
@@ -44,5 +45,5 @@ def test_public_names() -> None:
 
 def test_errors_share_one_root() -> None:
     errors = [getattr(timestep, n) for n in EXPECTED if n.endswith("Error") or n == "MaxTurnsExceeded"]
-    assert len(errors) == 12 and all(issubclass(e, timestep.TimestepError) for e in errors)
+    assert len(errors) == 13 and all(issubclass(e, timestep.TimestepError) for e in errors)
     assert not issubclass(timestep.GuardrailInterrupt, timestep.TimestepError)  # a signal, not an error

@@ -9,7 +9,8 @@
     ├── SessionError              a conversation store failed
     │   ├── SessionNameError      an agent name or conversation id that cannot name a conversation
     │   ├── SessionCorruptError   a stored record that cannot be read back
-    │   └── SessionUnavailableError  the store cannot be reached
+    │   ├── SessionUnavailableError  the store cannot be reached
+    │   └── SessionBusyError      another run holds the conversation for longer than the run would wait
     ├── ApprovalError             an approval that does not match a pending call, or a run that cannot
     │                             go on because approvals are pending
     └── MaxTurnsExceeded          a run that did not reach an answer within its turn budget
@@ -71,6 +72,10 @@ class SessionCorruptError(SessionError):
 
 class SessionUnavailableError(SessionError):
     """The store cannot be reached (a database that is down, a folder that cannot be written)."""
+
+
+class SessionBusyError(SessionError):
+    """Another run (in this or another process) kept the conversation busy past the lock timeout."""
 
 
 class ApprovalError(TimestepError, ValueError):

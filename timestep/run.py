@@ -45,12 +45,14 @@ class RunConfig:
     """Options most runs never touch, kept out of ``run_agent``'s signature.
 
     ``history`` may trim what is *sent* to the model (see :func:`timestep.last_messages`); the
-    session always keeps everything.
+    session always keeps everything. ``lock_timeout`` is how long a run waits for another run of the
+    same conversation (in any process) to finish before it gives up with ``SessionBusyError``.
     """
 
     max_turns: int = 10
     max_handoff_depth: int = 5
     history: HistoryPolicy | None = None
+    lock_timeout: float = 120.0
 
 
 _DONE = object()
@@ -130,8 +132,10 @@ def run_agent(
             client=model_client,
             delegate=_delegate,
         )
-        await _check_approvals(agent, session, decisions, bool(messages) and approval_handler is None)
-        await _run_level(agent, list(messages), session, ctx)
+        lock = getattr(session, "lock", None)
+        async with lock(cfg.lock_timeout) if lock is not None else contextlib.nullcontext():
+            await _check_approvals(agent, session, decisions, bool(messages) and approval_handler is None)
+            await _run_level(agent, list(messages), session, ctx)
 
     return RunHandle(drive, result_processor)
 
@@ -276,7 +280,12 @@ async def _run_calls(
             await _store_results(session, ctx, head, state, [calls[n]], [outcomes[n]])
             stored[n].set()
 
-        await asyncio.gather(*(one(n) for n in range(len(calls))))
+        try:
+            async with asyncio.TaskGroup() as group:  # one failure cancels the siblings: no task left waiting
+                for n in range(len(calls)):
+                    group.create_task(one(n))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
     return [i for o in outcomes for i in o.interruptions]
 
 

@@ -7,7 +7,9 @@ decision. The run loop sends only messages to the model; the journal is what let
 another process, and never run a tool twice blindly after a crash.
 
 Four async methods make a store, so a new backend is a small class; ``derive`` gives a handoff's
-delegate a session in the same store.
+delegate a session in the same store. A store may also offer ``lock(timeout)``, an async context
+manager the run holds while it changes the conversation, so that two runs of one conversation (two
+processes resuming the same approval, say) take turns instead of both running a tool.
 """
 
 from __future__ import annotations

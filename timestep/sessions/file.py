@@ -34,12 +34,13 @@ import errno
 import fcntl
 import json
 import os
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from ..exceptions import SessionCorruptError, SessionNameError, SessionUnavailableError
+from ..exceptions import SessionBusyError, SessionCorruptError, SessionNameError, SessionUnavailableError
 from .base import ConversationInfo, Item, system_item
 
 T = TypeVar("T")
@@ -112,6 +113,42 @@ class FileSession:
 
     # -- async API -------------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def lock(self, timeout: float = 120.0) -> AsyncIterator[None]:
+        """Hold this conversation for one run, across processes: ``flock`` on ``<file>.lock``.
+
+        A lock file of its own, because the data file's lock is taken and released around every
+        append of the run itself. The kernel drops the lock when a holder dies, so a crash never
+        leaves a conversation stuck.
+        """
+        lock_path = str(self.path) + ".lock"
+        fd = self._open_lock(lock_path)
+        try:
+            deadline = time.monotonic() + timeout
+            delay = 0.005
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise SessionBusyError(
+                            f"conversation {self.conversation_id!r} of {self.agent_name!r} is still being run "
+                            f"elsewhere after {timeout:g} s ({lock_path})"
+                        ) from None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.25)
+            yield
+        finally:
+            os.close(fd)
+
+    def _open_lock(self, lock_path: str) -> int:
+        try:
+            return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+
     async def get_items(self, limit: int | None = None) -> list[Item]:
         items = await self._run(self._read)
         return items[-limit:] if limit is not None and limit > 0 else (items if limit is None else [])
@@ -121,9 +158,9 @@ class FileSession:
             return
         try:
             lines = [json.dumps(item, ensure_ascii=False, separators=(",", ":")) for item in items]
-        except (TypeError, ValueError) as exc:
+            data = ("\n".join(lines) + "\n").encode("utf-8")
+        except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError: text that is not utf-8
             raise SessionCorruptError(f"cannot store an item in {self.path}: {exc}", location=str(self.path)) from exc
-        data = ("\n".join(lines) + "\n").encode("utf-8")
         await self._run(lambda blocking: self._append(data, items, blocking))
 
     async def pop_item(self) -> Item | None:
@@ -183,6 +220,9 @@ class FileSession:
                 self._lock(fd, fcntl.LOCK_EX, blocking)
                 self._repair_tail(fd)
                 self._sync_cache(fd, os.fstat(fd), blocking)
+            if not self._items:
+                sys_item = system_item(self.agent_instructions)
+                return [sys_item] if sys_item else []
             return list(self._items)
         finally:
             os.close(fd)
