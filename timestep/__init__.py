@@ -1,5 +1,7 @@
 """Timestep: agents with tools, guardrails, durable approvals, handoffs and sessions that keep everything."""
 
+from typing import TYPE_CHECKING, Any
+
 from .agent import Agent
 from .approvals import Interruption
 from .exceptions import (
@@ -24,6 +26,20 @@ from .run import RunConfig, RunHandle, pending_interruptions, run_agent
 from .sessions import ConversationInfo, FileSession, Session
 from .tools import Tool, ToolContext, tool
 
+if TYPE_CHECKING:
+    from .history import last_messages, token_budget
+    from .sessions import PostgresSession, SQLiteSession, Store, open_store
+
+# Loaded on first use, to keep ``import timestep`` light.
+_LAZY = {
+    "PostgresSession": ".sessions",
+    "SQLiteSession": ".sessions",
+    "Store": ".sessions",
+    "open_store": ".sessions",
+    "last_messages": ".history",
+    "token_budget": ".history",
+}
+
 __all__ = [
     "Agent",
     "ApprovalError",
@@ -41,19 +57,33 @@ __all__ = [
     "ModelHTTPError",
     "ModelResponseError",
     "OutputGuardrail",
+    "PostgresSession",
     "RunConfig",
     "RunHandle",
+    "SQLiteSession",
     "Session",
     "SessionBusyError",
     "SessionCorruptError",
     "SessionError",
     "SessionNameError",
     "SessionUnavailableError",
+    "Store",
     "TimestepError",
     "Tool",
     "ToolContext",
     "default_result_processor",
+    "last_messages",
+    "open_store",
     "pending_interruptions",
     "run_agent",
+    "token_budget",
     "tool",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
