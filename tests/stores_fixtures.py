@@ -80,7 +80,9 @@ def drop_tables(url: str, prefix: str) -> None:
 
         conn = await asyncpg.connect(url, timeout=5)
         try:
-            await conn.execute(f"DROP TABLE IF EXISTS {prefix}items, {prefix}conversations, {prefix}migrations")
+            await conn.execute(
+                f"DROP TABLE IF EXISTS {prefix}items, {prefix}conversations, {prefix}leases, {prefix}migrations"
+            )
         finally:
             await conn.close()
 

@@ -9,6 +9,7 @@ the same :class:`~timestep.sessions.Store` face the command line uses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import sqlite3
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests import stores_fixtures as fixtures
-from tests.stores_fixtures import as_json_list, child, drop_tables, finish, require_postgres, unique
+from tests.stores_fixtures import as_json_list, child, drop_tables, finish, payment_agent, require_postgres, unique
 from timestep import ConfigurationError, SessionCorruptError, SessionUnavailableError
 from timestep.sessions import FileSession, PostgresSession, Session, SQLiteSession, Store, open_store
 from timestep.sessions.stores import FileStore, PostgresStore, SQLiteStore
@@ -596,3 +597,339 @@ async def test_file_store_delete_and_listing_run_off_the_loop(tmp_path: Path) ->
 def test_json_helper_is_order_sensitive() -> None:
     assert as_json_list([{"a": 1, "b": 2}]) != as_json_list([{"b": 2, "a": 1}])
     assert json.loads(as_json_list([{"a": 1}])[0]) == {"a": 1}
+
+
+# -- one run at a time per conversation: lock() --------------------------------------------------------
+#
+# The run loop holds ``session.lock()`` for a whole run, so that two runs of one conversation (two
+# processes resuming the same approval, a person clicking "approve" twice) take turns instead of both
+# running a tool. Every store must give the same guarantees, across processes, and must never leave a
+# conversation stuck behind a holder that died.
+
+LEASE_TTL = 1.0  # what the killed holder below uses, so the test waits seconds, not the default 15
+
+
+def short_lease(session: Session, ttl: float) -> Session:
+    """The database stores free a dead holder's conversation when its lease expires; shorten that."""
+    if hasattr(session, "lease_ttl"):
+        session.lease_ttl = ttl
+    return session
+
+
+async def test_a_second_lock_waits_for_the_first_and_gets_it_once_released(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    conv = unique()
+    order: list[str] = []
+    held, release, waiting = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with store.session("assistant", conv).lock(timeout=30):
+            order.append("first in")
+            held.set()
+            await release.wait()
+            order.append("first out")
+
+    async def second() -> None:
+        await held.wait()
+        waiting.set()
+        async with store.session("assistant", conv).lock(timeout=30):
+            order.append("second in")
+
+    holder = asyncio.create_task(first())
+    waiter = asyncio.create_task(second())
+    await asyncio.wait_for(waiting.wait(), 30)
+    await asyncio.sleep(0.3)  # several polls' worth: a lock that did not exclude would have let it in
+    assert order == ["first in"] and not waiter.done()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(holder, waiter), 30)
+    assert order == ["first in", "first out", "second in"]
+
+
+async def test_a_lock_held_elsewhere_times_out_naming_the_conversation(store_and_spec: StoreAndSpec) -> None:
+    from timestep import SessionBusyError
+
+    store, _ = store_and_spec
+    conv = unique("busy")
+    holder = store.session("Booker", conv)
+    async with holder.lock():
+        for other in (store.session("Booker", conv), holder):  # another session object, or the same one
+            with pytest.raises(SessionBusyError) as caught:
+                async with other.lock(timeout=0.05):
+                    pytest.fail("two holders of one conversation at once")
+            text = str(caught.value)
+            assert conv in text and "Booker" in text and "still being run elsewhere" in text
+    async with store.session("Booker", conv).lock(timeout=10):  # released on exit: free again at once
+        pass
+
+
+async def test_locks_of_other_conversations_and_other_agents_do_not_wait(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    conv = unique()
+    async with (
+        store.session("assistant", conv).lock(timeout=10),
+        store.session("assistant", conv + "-other").lock(timeout=10),  # the same agent, another conversation
+        store.session("helper", conv).lock(timeout=10),  # the same conversation id, another agent
+        store.session("assistant", f"{conv}~helper").lock(timeout=10),  # a handoff's delegate
+    ):
+        pass
+    # Names that would collide if a store joined them carelessly: ("a b", "c") and ("a", "b c").
+    async with store.session("a b", f"c {conv}").lock(timeout=10), store.session("a", f"b c {conv}").lock(timeout=10):
+        pass
+
+
+async def test_a_lock_outlives_its_lease_ttl_while_held(store_and_spec: StoreAndSpec) -> None:
+    from timestep import SessionBusyError
+
+    store, _ = store_and_spec
+    conv = unique()
+    async with short_lease(store.session("assistant", conv), 0.3).lock():
+        await asyncio.sleep(1.2)  # four lease lifetimes: only renewals keep it
+        with pytest.raises(SessionBusyError):
+            async with store.session("assistant", conv).lock(timeout=0.05):
+                pytest.fail("a long run lost its lock")
+
+
+async def test_a_cancelled_holder_or_waiter_gives_the_lock_back(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    conv = unique()
+    held = asyncio.Event()
+
+    async def hold() -> None:
+        async with store.session("assistant", conv).lock(timeout=10):
+            held.set()
+            await asyncio.sleep(600)
+
+    holder = asyncio.create_task(hold())
+    await asyncio.wait_for(held.wait(), 30)
+    waiter = asyncio.create_task(store.session("assistant", conv).lock(timeout=60).__aenter__())
+    await asyncio.sleep(0.1)
+    for task in (waiter, holder):
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # Well within the default lease lifetime (15 s): given back on the way out, not left to expire.
+    async with store.session("assistant", conv).lock(timeout=5):
+        pass
+
+
+LOCK_HOLDER = """
+async def main():
+    session = store().session("assistant", sys.argv[4])
+    if hasattr(session, "lease_ttl"):
+        session.lease_ttl = float(sys.argv[5])
+    async with session.lock(timeout=30):
+        print("locked", flush=True)
+        await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_holder_killed_with_sigkill_does_not_keep_the_conversation(
+    store_and_spec: StoreAndSpec, pg_prefix: str, request: pytest.FixtureRequest
+) -> None:
+    import signal
+
+    from timestep import SessionBusyError
+
+    store, spec = store_and_spec
+    kind = request.node.callspec.params["store_and_spec"]
+    conv = unique("crash")
+    proc = child(LOCK_HOLDER, kind, spec, pg_prefix, conv, str(LEASE_TTL))
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        assert line.strip() == "locked", proc.communicate(timeout=30)[1]
+        session = store.session("assistant", conv)
+        with pytest.raises(SessionBusyError):  # held by the other process
+            async with session.lock(timeout=0.05):
+                pytest.fail("the lock did not exclude another process")
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait, 30)
+        # Free at once (files: the kernel drops the lock) or once the lease expires (databases).
+        async with session.lock(timeout=LEASE_TTL + 10):
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+async def test_two_resumes_of_one_approval_run_the_tool_once(
+    store_and_spec: StoreAndSpec, server: Any, client: Any, tmp_path: Path
+) -> None:
+    from timestep import run_agent
+    from timestep.testing import Reply, ToolCall
+
+    store, _ = store_and_spec
+    ledger = tmp_path / "ledger.jsonl"
+    agent = payment_agent(ledger)
+    conv = unique()
+    server.script(Reply.tool_calls(ToolCall("send_money", {"to": "bob", "amount": 5}, id="call_pay")))
+    paused = await run_agent(
+        agent, [user("Pay bob 5")], store.session("Payer", conv, agent.instructions), client=client
+    )
+    assert paused["status"] == "interrupted", paused
+    server.script(Reply.text("Sent 5 to bob.", delay=0.2))  # the winner is still running when the other arrives
+    outcomes = await asyncio.gather(
+        *(
+            run_agent(
+                agent, [], store.session("Payer", conv, agent.instructions), approvals={"call_pay": True}, client=client
+            )
+            for _ in range(2)
+        ),
+        return_exceptions=True,
+    )
+    assert sorted(type(o).__name__ for o in outcomes) == ["ApprovalError", "dict"], outcomes
+    done = next(o for o in outcomes if isinstance(o, dict))
+    assert done["status"] == "completed" and done["final_output"] == "Sent 5 to bob."
+    assert ledger.read_text().splitlines() == ['{"to": "bob", "amount": 5}']
+    items = await store.session("Payer", conv).get_items()
+    assert sum(1 for i in items if i.get("journal") == "decision") == 1
+    assert sum(1 for i in items if i.get("journal") == "started") == 1
+
+
+RESUMER = """
+from pathlib import Path
+from timestep import ApprovalError, ModelClient, run_agent
+from tests.stores_fixtures import payment_agent
+
+async def main():
+    conv, ledger, base_url = sys.argv[4], sys.argv[5], sys.argv[6]
+    s = store()
+    agent = payment_agent(Path(ledger))
+    client = ModelClient(base_url=base_url, api_key="test")
+    session = s.session("Payer", conv, agent.instructions)
+    await session.get_items()  # connected and warmed up before the go, so both really start together
+    print("ready", flush=True)
+    sys.stdin.readline()
+    try:
+        result = await run_agent(agent, [], session, approvals={"call_pay": True}, client=client)
+        outcome = result["status"]
+    except ApprovalError:
+        outcome = "ApprovalError"
+    await client.aclose()
+    await s.aclose()
+    print(json.dumps(outcome), flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_two_processes_resuming_one_approval_run_the_tool_once(
+    store_and_spec: StoreAndSpec,
+    pg_prefix: str,
+    server: Any,
+    client: Any,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    from timestep import run_agent
+    from timestep.testing import Reply, ToolCall
+
+    store, spec = store_and_spec
+    kind = request.node.callspec.params["store_and_spec"]
+    ledger = tmp_path / "ledger.jsonl"
+    agent = payment_agent(ledger)
+    conv = unique()
+    server.script(Reply.tool_calls(ToolCall("send_money", {"to": "ann", "amount": 12}, id="call_pay")))
+    paused = await run_agent(
+        agent, [user("Pay ann 12")], store.session("Payer", conv, agent.instructions), client=client
+    )
+    assert paused["status"] == "interrupted", paused
+    server.script(Reply.text("Sent 12 to ann.", delay=0.3))
+    procs = [child(RESUMER, kind, spec, pg_prefix, conv, str(ledger), server.base_url) for _ in range(2)]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(p.stdout.readline), 60)
+            assert line.strip() == "ready", p.communicate(timeout=30)[1]
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outcomes = [json.loads((await asyncio.to_thread(finish, p)).strip().splitlines()[-1]) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert sorted(outcomes) == ["ApprovalError", "completed"]
+    assert ledger.read_text().splitlines() == ['{"to": "ann", "amount": 12}']
+
+
+async def test_postgres_locks_hold_no_pooled_connection(pg_prefix: str) -> None:
+    import asyncpg
+
+    url = require_postgres()
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        sessions = [PostgresSession("assistant", unique(), pool=pool, table_prefix=pg_prefix) for _ in range(6)]
+        async with contextlib.AsyncExitStack() as stack:
+            for session in sessions:  # three times as many runs in progress as the pool has connections
+                await stack.enter_async_context(session.lock(timeout=10))
+            for session in sessions:
+                await asyncio.wait_for(session.add_items([user("still served")]), 10)
+            assert pool.get_idle_size() >= 1
+    finally:
+        await pool.close()
+
+
+def test_lease_ttl_must_be_positive_and_is_kept_by_derive(tmp_path: Path) -> None:
+    for bad in (0, -1.0, float("nan"), float("inf"), "15", True):
+        with pytest.raises(ConfigurationError, match="lease_ttl"):
+            SQLiteSession("a", "c", None, tmp_path / "c.db", lease_ttl=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="lease_ttl"):
+            PostgresSession("a", "c", url="postgresql://x@127.0.0.1/test", lease_ttl=bad)  # type: ignore[arg-type]
+    assert SQLiteSession("a", "c", None, tmp_path / "c.db").lease_ttl == 15.0
+    assert SQLiteSession("a", "c", None, tmp_path / "c.db", lease_ttl=2).derive("b", "d", None).lease_ttl == 2.0
+    pg = PostgresSession("a", "c", url="postgresql://x@127.0.0.1/test", lease_ttl=3)
+    assert pg.derive("b", "d", None).lease_ttl == 3.0
+
+
+async def test_an_sqlite_file_from_before_leases_gets_them_when_opened(tmp_path: Path) -> None:
+    from timestep.sessions import sqlite as sqlite_store
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # the schema as the first release left it
+        db.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        name, statements = sqlite_store.MIGRATIONS[0]
+        for statement in statements:
+            db.execute(statement)
+        db.execute("INSERT INTO migrations VALUES (?, '2024-01-01T00:00:00+00:00')", (name,))
+    db.close()
+    session = SQLiteSession("assistant", "conv", SYSTEM, path)
+    async with session.lock(timeout=5):
+        await session.add_items([user("hi")])
+    with sqlite3.connect(path) as db:
+        assert {r[0] for r in db.execute("SELECT name FROM migrations")} == {n for n, _ in sqlite_store.MIGRATIONS}
+        assert db.execute("SELECT count(*) FROM leases").fetchone() == (0,)  # given back on exit
+    db.close()
+
+
+async def test_postgres_tables_from_before_leases_get_them_on_first_use() -> None:
+    import asyncpg
+
+    from timestep.sessions import postgres
+
+    url = require_postgres()
+    prefix = f"ts_old_{unique('p').replace('-', '_')}_"
+    db = await asyncpg.connect(url)
+    try:
+        async with db.transaction():  # the schema as the first release left it
+            await db.execute(f"CREATE TABLE {prefix}migrations (name text PRIMARY KEY, applied_at timestamptz)")
+            name, statements = postgres.MIGRATIONS[0]
+            for statement in statements:
+                await db.execute(statement.format(p=prefix))
+            await db.execute(f"INSERT INTO {prefix}migrations VALUES ($1, now())", name)
+        session = PostgresSession("assistant", "conv", SYSTEM, url=url, table_prefix=prefix)
+        async with session.lock(timeout=5):
+            await session.add_items([user("hi")])
+        assert {r[0] for r in await db.fetch(f"SELECT name FROM {prefix}migrations")} == {
+            n for n, _ in postgres.MIGRATIONS
+        }
+        assert await db.fetchval(f"SELECT count(*) FROM {prefix}leases") == 0  # given back on exit
+    finally:
+        await PostgresSession.close_pools()
+        await db.close()
+        await asyncio.to_thread(drop_tables, url, prefix)

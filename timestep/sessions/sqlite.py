@@ -24,6 +24,15 @@ Why it is built the way it is:
 * **Schema by migrations.** An ordered list of named migrations, each applied once inside the write
   lock and recorded in ``migrations``; a later version appends to the list and an older file is
   brought up to date the first time it is opened.
+* **A run holds its conversation with a lease.** ``lock()`` writes a row in ``leases`` naming a
+  random owner token and an expiry ``lease_ttl`` seconds ahead; a background task renews it every
+  ``lease_ttl / 3`` while the run goes on, and leaving deletes it. SQLite's own locks last one
+  transaction, and a transaction held open for a whole run would stop every other conversation in
+  the file from being written; so the lock is a row, and its expiry is what frees a conversation
+  whose holder crashed. A table of its own, keyed by the names, because a run locks a conversation
+  before its first item (and so its ``conversations`` row) exists, and an empty conversation must
+  not appear in listings. A waiter reads the row without the write lock and takes ``BEGIN
+  IMMEDIATE`` only when the lease looks free, so polling never holds up other conversations' appends.
 
 Item semantics match :class:`~timestep.sessions.file.FileSession`: the system message built from
 ``agent_instructions`` is written with the conversation's first items (and reported before then),
@@ -33,24 +42,39 @@ Item semantics match :class:`~timestep.sessions.file.FileSession`: the system me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import math
 import os
+import secrets
 import sqlite3
 import threading
+import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..exceptions import SessionCorruptError, SessionError, SessionNameError, SessionUnavailableError
+from ..exceptions import (
+    ConfigurationError,
+    SessionBusyError,
+    SessionCorruptError,
+    SessionError,
+    SessionNameError,
+    SessionUnavailableError,
+)
 from .base import ConversationInfo, Item, system_item
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_SECONDS = 30.0
+LEASE_TTL_SECONDS = 15.0
+
+_log = logging.getLogger("timestep.sessions")
 
 # (name, statements). Append only: a released migration is never edited or reordered.
 MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
@@ -73,6 +97,19 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
                 PRIMARY KEY (conversation, seq)
             )""",
             "CREATE INDEX conversations_by_update ON conversations (updated_at)",
+        ),
+    ),
+    (
+        "0002_leases",
+        (
+            # expires_at: seconds since the epoch. Every process sharing the file shares the machine's clock.
+            """CREATE TABLE leases (
+                agent_name TEXT NOT NULL,
+                conversation_id TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                expires_at REAL NOT NULL,
+                PRIMARY KEY (agent_name, conversation_id)
+            ) WITHOUT ROWID""",
         ),
     ),
 ]
@@ -125,6 +162,112 @@ def decode_item(data: Any, seq: int, where: str, conversation: str) -> Item:
             line=seq,
         )
     return item
+
+
+def check_ttl(lease_ttl: float) -> float:
+    """A lease lifetime must be a positive number of seconds: zero would expire before its first renewal."""
+    if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, int | float) or not math.isfinite(lease_ttl):
+        raise ConfigurationError(f"lease_ttl must be a positive number of seconds, got {lease_ttl!r}")
+    if lease_ttl <= 0:
+        raise ConfigurationError(f"lease_ttl must be a positive number of seconds, got {lease_ttl!r}")
+    return float(lease_ttl)
+
+
+_cleanups: set[asyncio.Task[None]] = set()  # releases still running after their run was cancelled
+
+
+@contextlib.asynccontextmanager
+async def hold_lease(
+    take: Callable[[str, float], Awaitable[bool]],
+    give_back: Callable[[str], Awaitable[None]],
+    what: str,
+    where: str,
+    timeout: float,
+    ttl: float,
+) -> AsyncIterator[None]:
+    """Hold a lease for the body: the part of ``lock()`` every database store shares.
+
+    ``take(token, ttl)`` sets the lease to ``token`` for ``ttl`` seconds if it is free, expired or
+    already ``token``'s, and says whether it did; ``give_back(token)`` removes it if it is still
+    ``token``'s. A token per call, not per session, so two tasks sharing one session object take
+    turns too. Waiting polls with exponential backoff (5 ms to 250 ms) on the event loop's timer,
+    never blocking it. ``what`` names the conversation and ``where`` its store, in messages.
+
+    Renewal and release never overlap: the renewer stops at its next wait (never mid-statement, so a
+    late renewal cannot write the lease back after it is deleted) before the lease is given back, and
+    that clean-up finishes even if the run is cancelled meanwhile.
+    """
+    token = secrets.token_hex(16)
+    named = f"{what} ({where})"
+    deadline = time.monotonic() + max(timeout, 0.0)
+    delay = 0.005
+    try:
+        while not await take(token, ttl):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SessionBusyError(f"{what} is still being run elsewhere after {timeout:g} s ({where})")
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.25)
+    except asyncio.CancelledError:
+        # Cancelled while a take may have gone through: give back whatever it got now rather than
+        # leave the conversation held until the lease expires.
+        _in_background(_give_back_quietly(give_back, token, named))
+        raise
+    stop = asyncio.Event()
+    keeper = asyncio.create_task(_renew(take, token, ttl, stop, named))
+
+    async def finish() -> None:
+        stop.set()
+        await keeper
+        await _give_back_quietly(give_back, token, named)
+
+    try:
+        yield
+    finally:
+        await asyncio.shield(_in_background(finish()))
+
+
+def _in_background(coro: Awaitable[None]) -> asyncio.Task[None]:
+    """A task that runs to the end even if whoever started it is cancelled (the loop holds tasks weakly)."""
+
+    async def run() -> None:
+        await coro
+
+    task = asyncio.get_running_loop().create_task(run())
+    _cleanups.add(task)
+    task.add_done_callback(_cleanups.discard)
+    return task
+
+
+async def _renew(
+    take: Callable[[str, float], Awaitable[bool]], token: str, ttl: float, stop: asyncio.Event, what: str
+) -> None:
+    """Renew every ``ttl / 3``, so one renewal that fails (the database briefly unreachable) still
+    leaves two more chances before the lease expires."""
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), ttl / 3)
+            return
+        except TimeoutError:
+            pass
+        try:
+            held = await take(token, ttl)
+        except Exception as exc:
+            _log.warning("%s: could not renew the run's lease (will retry): %s", what, exc)
+            continue
+        if not held:
+            # Only possible after more than ttl without a renewal (the event loop blocked, the
+            # database unreachable): another run may now be changing the conversation as well.
+            _log.error("%s: the run's lease expired and another run took it; the two runs may overlap", what)
+            return
+
+
+async def _give_back_quietly(give_back: Callable[[str], Awaitable[None]], token: str, what: str) -> None:
+    """Release; a failure only leaves the lease to expire by itself, no reason to fail a finished run."""
+    try:
+        await give_back(token)
+    except Exception as exc:
+        _log.warning("%s: could not release the run's lease; it expires by itself: %s", what, exc)
 
 
 class _Database:
@@ -256,12 +399,15 @@ class SQLiteSession:
         conversation_id: str,
         agent_instructions: str | None = None,
         db_path: str | os.PathLike[str] = "conversations.db",
+        *,
+        lease_ttl: float = LEASE_TTL_SECONDS,
     ) -> None:
         check_names(agent_name, conversation_id)
         self.agent_name = agent_name
         self.conversation_id = conversation_id
         self.agent_instructions = agent_instructions
         self.db_path = Path(db_path)
+        self.lease_ttl = check_ttl(lease_ttl)
         self._db = _database(self.db_path.expanduser().resolve())
 
     def __repr__(self) -> str:
@@ -276,9 +422,24 @@ class SQLiteSession:
         return f"{self.agent_name!r}/{self.conversation_id!r}"
 
     def derive(self, agent_name: str, conversation_id: str, agent_instructions: str | None) -> SQLiteSession:
-        return SQLiteSession(agent_name, conversation_id, agent_instructions, self.db_path)
+        return SQLiteSession(agent_name, conversation_id, agent_instructions, self.db_path, lease_ttl=self.lease_ttl)
 
     # -- async API -------------------------------------------------------------------------------
+
+    def lock(self, timeout: float = 120.0) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold this conversation for one run, across processes, with a lease row renewed while held.
+
+        A holder that dies keeps it at most ``lease_ttl`` seconds (the lease then expires), so a crash
+        never leaves a conversation stuck. Raises SessionBusyError after ``timeout`` seconds.
+        """
+        return hold_lease(
+            lambda token, ttl: self._run(lambda conn: self._take_lease(conn, token, ttl)),
+            lambda token: self._run(lambda conn: write(conn, lambda c: self._drop_lease(c, token))),
+            f"conversation {self.conversation_id!r} of {self.agent_name!r}",
+            self._where,
+            timeout,
+            self.lease_ttl,
+        )
 
     async def get_items(self, limit: int | None = None) -> list[Item]:
         if limit is not None and limit <= 0:
@@ -327,6 +488,33 @@ class SQLiteSession:
         return SessionUnavailableError(f"{self._where} is unavailable for conversation {self._conversation}: {text}")
 
     # -- on the worker thread --------------------------------------------------------------------
+
+    def _take_lease(self, conn: sqlite3.Connection, token: str, ttl: float) -> bool:
+        key = (self.agent_name, self.conversation_id)
+        held = conn.execute(
+            "SELECT owner, expires_at FROM leases WHERE agent_name = ? AND conversation_id = ?", key
+        ).fetchone()
+        if held is not None and held[0] != token and held[1] > time.time():
+            return False  # held by another run: known without the write lock, so waiters never queue writers
+
+        def upsert(c: sqlite3.Connection) -> bool:
+            now = time.time()  # read under the write lock: the check below is against the latest row
+            cur = c.execute(
+                "INSERT INTO leases (agent_name, conversation_id, owner, expires_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (agent_name, conversation_id) DO UPDATE"
+                " SET owner = excluded.owner, expires_at = excluded.expires_at"
+                " WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
+                (*key, token, now + ttl, now),
+            )
+            return cur.rowcount == 1
+
+        return write(conn, upsert)
+
+    def _drop_lease(self, conn: sqlite3.Connection, token: str) -> None:
+        conn.execute(
+            "DELETE FROM leases WHERE agent_name = ? AND conversation_id = ? AND owner = ?",
+            (self.agent_name, self.conversation_id, token),
+        )
 
     def _read(self, conn: sqlite3.Connection, limit: int | None) -> list[Item]:
         query = (
