@@ -7,7 +7,6 @@ result or paused for a person.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,8 @@ from .guardrails import GuardrailInterrupt, InputGuardrail, OutputGuardrail
 from .tools import ToolArgumentsError, ToolContext, render_result
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .agent import Agent
     from .model import ModelClient
     from .run import RunConfig
@@ -26,6 +27,12 @@ if TYPE_CHECKING:
 
 Event = dict[str, Any]
 ApprovalHandler = Callable[[Interruption], Any]
+
+
+def _new_lock() -> asyncio.Lock:
+    import asyncio  # here, not at import time: ``import timestep`` stays light
+
+    return asyncio.Lock()
 
 
 @dataclass
@@ -39,7 +46,7 @@ class RunContext:
     approval_handler: ApprovalHandler | None
     client: ModelClient
     delegate: Callable[..., Awaitable[CallOutcome]]
-    approval_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    approval_lock: asyncio.Lock = field(default_factory=lambda: _new_lock())
     depth: int = 0
     inherited_guardrails: tuple[InputGuardrail | OutputGuardrail, ...] = ()
 

@@ -16,8 +16,6 @@ Nothing here logs; the API key lives only in the ``Authorization`` header.
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import json
 import os
 import random
@@ -25,7 +23,10 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 from .exceptions import ConfigurationError, ModelConnectionError, ModelHTTPError, ModelResponseError
 
@@ -93,6 +94,8 @@ class ModelClient:
         open async generator first; :func:`_close_at_shutdown` is one), so a script that never calls
         :meth:`aclose` still leaves no socket open.
         """
+        import asyncio  # at call time: ``import timestep`` stays light
+
         loop = asyncio.get_running_loop()
         entry = self._http.get(loop)
         if entry is None:
@@ -114,6 +117,8 @@ class ModelClient:
 
     async def aclose(self) -> None:
         """Close the connection pool of the running event loop."""
+        import asyncio  # at call time: ``import timestep`` stays light
+
         entry = self._http.pop(asyncio.get_running_loop(), None)
         if entry is not None:
             await entry[1].aclose()
@@ -161,6 +166,8 @@ class ModelClient:
             raise ModelResponseError("the stream ended before it finished (no [DONE]): the connection was cut")
 
     async def _send(self, body: dict[str, Any], *, stream: bool) -> Any:
+        import asyncio
+
         import httpx2
 
         http = await self._client()
@@ -206,6 +213,8 @@ class ModelClient:
                 if after is not None:
                     return min(max(float(after), 0.0), MAX_RETRY_AFTER)
             except ValueError:
+                import email.utils  # rare: an HTTP-date Retry-After
+
                 try:
                     when = email.utils.parsedate_to_datetime(after) if after else None
                 except (TypeError, ValueError):

@@ -13,7 +13,6 @@ iterator of events, so the three ways of using it in the README all come from on
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass
@@ -73,6 +72,8 @@ class RunHandle:
         return self._events()
 
     async def _events(self) -> AsyncIterator[Event]:
+        import asyncio  # at call time: ``import timestep`` stays light
+
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.ensure_future(self._drive(queue.put_nowait))
         task.add_done_callback(lambda _: queue.put_nowait(_DONE))
@@ -134,8 +135,8 @@ def run_agent(
         )
         lock = getattr(session, "lock", None)
         async with lock(cfg.lock_timeout) if lock is not None else contextlib.nullcontext():
-            await _check_approvals(agent, session, decisions, bool(messages) and approval_handler is None)
-            await _run_level(agent, list(messages), session, ctx)
+            state = await _check_approvals(agent, session, decisions, bool(messages) and approval_handler is None)
+            await _run_level(agent, list(messages), session, ctx, state=state)
 
     return RunHandle(drive, result_processor)
 
@@ -183,13 +184,18 @@ class LevelOutcome:
 
 
 async def _run_level(
-    agent: Agent, new_messages: list[Item], session: Session, ctx: RunContext, prefix: list[Item] | None = None
+    agent: Agent,
+    new_messages: list[Item],
+    session: Session,
+    ctx: RunContext,
+    prefix: list[Item] | None = None,
+    state: ConversationState | None = None,
 ) -> LevelOutcome:
     emit = ctx.emit
     head: Event = {"agent": agent.name, "depth": ctx.depth}
     emit({"type": "run_start", **head, "conversation_id": session.conversation_id})
     usage: dict[str, int] = {}
-    outcome = await _advance(agent, new_messages, session, ctx, usage, prefix)
+    outcome = await _advance(agent, new_messages, session, ctx, usage, prefix, state)
     end: Event = {
         "type": "run_end",
         **head,
@@ -210,10 +216,12 @@ async def _advance(
     ctx: RunContext,
     usage: dict[str, int],
     prefix: list[Item] | None,
+    state: ConversationState | None,
 ) -> LevelOutcome:
     head: Event = {"agent": agent.name, "depth": ctx.depth}
     try:
-        state = replay(await session.get_items())
+        if state is None:
+            state = replay(await session.get_items())
         if state.pending:
             paused = await _run_calls(agent, session, ctx, state, state.pending)
             if paused:
@@ -262,6 +270,8 @@ async def _run_calls(
     agent: Agent, session: Session, ctx: RunContext, state: ConversationState, calls: list[PendingCall]
 ) -> list[Interruption]:
     """Run the calls concurrently; store each result once every earlier call's result is stored."""
+    import asyncio  # at call time: ``import timestep`` stays light
+
     head: Event = {"agent": agent.name, "depth": ctx.depth}
     if len(calls) == 1:
         outcomes = [await execute_call(agent, session, ctx, calls[0])]
@@ -457,9 +467,12 @@ async def pending_interruptions(agent: Agent, session: Session) -> list[Interrup
     return found
 
 
-async def _check_approvals(agent: Agent, session: Session, decisions: dict[str, Decision], has_messages: bool) -> None:
+async def _check_approvals(
+    agent: Agent, session: Session, decisions: dict[str, Decision], has_messages: bool
+) -> ConversationState:
     """Refuse, before anything runs, approvals that match no pending call, and messages sent while calls wait."""
-    pending = await _pending_interrupts(agent, session, 0)
+    state = replay(await session.get_items())
+    pending = await _pending_interrupts(agent, session, 0, state)
     if has_messages and pending:
         ids = ", ".join(p.id for p, _ in pending)
         raise ApprovalError(
@@ -478,11 +491,15 @@ async def _check_approvals(agent: Agent, session: Session, decisions: dict[str, 
                 f"tool call {cid!r} no longer matches the call that was put to the person "
                 "(its arguments changed in the session); refusing to approve it"
             )
+    return state
 
 
-async def _pending_interrupts(agent: Agent, session: Session, depth: int) -> list[tuple[PendingCall, Session]]:
+async def _pending_interrupts(
+    agent: Agent, session: Session, depth: int, state: ConversationState | None = None
+) -> list[tuple[PendingCall, Session]]:
     """Open interruptions at this level and, through pending handoffs, in every delegate below."""
-    state = replay(await session.get_items())
+    if state is None:
+        state = replay(await session.get_items())
     found: list[tuple[PendingCall, Session]] = []
     for p in state.pending:
         if p.interrupt is not None and p.decision is None:

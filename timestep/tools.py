@@ -20,7 +20,6 @@ pydantic is imported when the first typed tool is built, not at ``import timeste
 from __future__ import annotations
 
 import ast
-import asyncio
 import inspect
 import json
 import re
@@ -98,6 +97,8 @@ class Tool:
             call_kwargs[self.context_param] = context
         if self._is_async:
             return await self.fn(*call_args, **call_kwargs)
+        import asyncio  # here, not at import time: ``import timestep`` stays light
+
         result = await asyncio.to_thread(self.fn, *call_args, **call_kwargs)
         if inspect.isawaitable(result):
             result = await result

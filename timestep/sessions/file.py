@@ -28,7 +28,6 @@ How it keeps every message, and keeps appends cheap:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -121,6 +120,8 @@ class FileSession:
         append of the run itself. The kernel drops the lock when a holder dies, so a crash never
         leaves a conversation stuck.
         """
+        import asyncio  # at call time: ``import timestep`` stays light
+
         lock_path = str(self.path) + ".lock"
         fd = self._open_lock(lock_path)
         try:
@@ -161,7 +162,8 @@ class FileSession:
             data = ("\n".join(lines) + "\n").encode("utf-8")
         except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError: text that is not utf-8
             raise SessionCorruptError(f"cannot store an item in {self.path}: {exc}", location=str(self.path)) from exc
-        await self._run(lambda blocking: self._append(data, items, blocking))
+        stored = [json.loads(line) for line in lines]  # the cache holds what a reload would read
+        await self._run(lambda blocking: self._append(data, stored, blocking))
 
     async def pop_item(self) -> Item | None:
         return await self._run(self._pop)
@@ -173,6 +175,8 @@ class FileSession:
         try:
             return op(False)
         except _WouldBlock:
+            import asyncio  # only when the work must leave the event loop
+
             return await asyncio.to_thread(op, True)
 
     # -- the file, under its lock ------------------------------------------------------------------
@@ -313,7 +317,7 @@ class FileSession:
                 os.fsync(fd)
             if in_sync:
                 st = os.fstat(fd)
-                self._items.extend(json.loads(json.dumps(items)))  # the stored form, not the caller's objects
+                self._items.extend(items)
                 self._offset = st.st_size
                 self._stamp = (st.st_ino, st.st_mtime_ns)
         finally:
