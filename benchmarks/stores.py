@@ -1,0 +1,126 @@
+"""How fast each conversation store appends and loads, measured the way a run uses it.
+
+Two numbers per store, because they are what a run pays for:
+
+* **appends/s**: one ``add_items([message])`` after another, awaited in turn, on one conversation.
+  The run loop stores every message and journal record as it happens, so this is its write rate.
+* **load 10k**: ``get_items()`` on a 10,000-message conversation by a *fresh* session object, the
+  cost of resuming a long conversation in a new request: nothing is cached in the session, while
+  the process-wide resources a store keeps (SQLite's open connection, PostgreSQL's pool) are warm.
+
+Run ``python -m benchmarks.stores`` (``--help`` for sizes). PostgreSQL is measured when it answers at
+``--postgres-url`` (default: ``TIMESTEP_BENCH_POSTGRES_URL`` or the test database), in tables with
+a throw-away prefix that are dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from timestep.sessions import FileSession, PostgresSession, Session, SQLiteSession
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+INSTRUCTIONS = "You are a helpful assistant."
+
+Factory = Callable[[str], Session]
+
+
+def message(n: int) -> dict[str, Any]:
+    return {"role": "user" if n % 2 else "assistant", "content": f"message {n}: " + "lorem ipsum dolor sit amet " * 8}
+
+
+async def appends_per_second(make: Factory, count: int) -> float:
+    session = make(f"appends-{uuid.uuid4().hex[:8]}")
+    await session.add_items([message(0)])  # open files, connections and schema outside the timing
+    started = time.perf_counter()
+    for n in range(count):
+        await session.add_items([message(n)])
+    return count / (time.perf_counter() - started)
+
+
+async def load_seconds(make: Factory, messages: int, repeats: int) -> float:
+    conv = f"load-{uuid.uuid4().hex[:8]}"
+    writer = make(conv)
+    for start in range(0, messages, 1000):
+        await writer.add_items([message(n) for n in range(start, min(start + 1000, messages))])
+    del writer
+    times = []
+    for _ in range(repeats):
+        gc.collect()  # drop the previous session object and its cache
+        started = time.perf_counter()
+        items = await make(conv).get_items()
+        times.append(time.perf_counter() - started)
+        assert len(items) == messages + 1, len(items)
+    return statistics.median(times)
+
+
+async def postgres_reachable(url: str) -> bool:
+    try:
+        import asyncpg
+
+        conn = await asyncpg.connect(url, timeout=3)
+    except Exception:
+        return False
+    await conn.close()
+    return True
+
+
+async def measure(args: argparse.Namespace) -> list[tuple[str, float, float]]:
+    root = Path(tempfile.mkdtemp(prefix="timestep-bench-"))
+    stores: list[tuple[str, Factory]] = [
+        ("FileSession", lambda conv: FileSession("bench", conv, INSTRUCTIONS, root / "files")),
+        ("SQLiteSession", lambda conv: SQLiteSession("bench", conv, INSTRUCTIONS, root / "bench.db")),
+    ]
+    prefix = f"bench_{uuid.uuid4().hex[:8]}_"
+    url = args.postgres_url
+    with_postgres = await postgres_reachable(url)
+    if with_postgres:
+        stores.append(
+            ("PostgresSession", lambda conv: PostgresSession("bench", conv, INSTRUCTIONS, url=url, table_prefix=prefix))
+        )
+    else:
+        print(f"(PostgreSQL not reachable at {url}: skipped)")
+    rows = []
+    try:
+        for name, make in stores:
+            rate = await appends_per_second(make, args.appends)
+            load = await load_seconds(make, args.messages, args.repeats)
+            rows.append((name, rate, load))
+    finally:
+        if with_postgres:
+            import asyncpg
+
+            await PostgresSession.close_pools()
+            conn = await asyncpg.connect(url)
+            tables = ", ".join(f"{prefix}{t}" for t in ("items", "conversations", "migrations", "leases"))
+            await conn.execute(f"DROP TABLE IF EXISTS {tables}")
+            await conn.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--appends", type=int, default=2000, help="sequential single-item appends (default 2000)")
+    parser.add_argument("--messages", type=int, default=10_000, help="conversation length to load (default 10000)")
+    parser.add_argument("--repeats", type=int, default=5, help="loads to take the median of (default 5)")
+    parser.add_argument("--postgres-url", default=os.environ.get("TIMESTEP_BENCH_POSTGRES_URL") or DEFAULT_POSTGRES_URL)
+    args = parser.parse_args(argv)
+    rows = asyncio.run(measure(args))
+    print(f"{'store':<16} {'appends/s':>10} {f'load {args.messages // 1000}k (ms)':>14}")
+    for name, rate, load in rows:
+        print(f"{name:<16} {rate:>10,.0f} {load * 1000:>14.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
