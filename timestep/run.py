@@ -14,6 +14,7 @@ iterator of events, so the three ways of using it in the README all come from on
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -147,13 +148,20 @@ def _resolve_client(client: Any) -> ModelClient:
     if isinstance(client, ModelClient):
         return client
     if hasattr(client, "base_url") and hasattr(client, "api_key"):
-        return ModelClient.from_openai(client)
+        try:  # one ModelClient (one connection pool) per openai client, not one per run
+            found = _from_openai.get(client)
+        except TypeError:  # not weak-referenceable
+            return ModelClient.from_openai(client)
+        if found is None:
+            found = _from_openai[client] = ModelClient.from_openai(client)
+        return found
     raise ConfigurationError(
         f"client must be a timestep ModelClient or an openai.AsyncOpenAI, got {type(client).__name__}"
     )
 
 
 _clients: dict[tuple[str | None, str | None], ModelClient] = {}
+_from_openai: weakref.WeakKeyDictionary[Any, ModelClient] = weakref.WeakKeyDictionary()
 
 
 def _default_client() -> ModelClient:
