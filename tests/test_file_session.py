@@ -139,3 +139,16 @@ async def test_fsync_mode_writes_durably(tmp_path: Path) -> None:
     session = FileSession("a", "c", None, tmp_path, fsync=True)
     await session.add_items([{"role": "user", "content": "durable"}])
     assert await FileSession("a", "c", None, tmp_path).get_items() == [{"role": "user", "content": "durable"}]
+
+
+async def test_listing_counts_messages_not_journal_records(tmp_path: Path) -> None:
+    session = FileSession("a", "c", None, tmp_path)
+    await session.add_items(
+        [
+            {"role": "user", "content": "hi"},
+            {"journal": "started", "call": "1", "args": {"role": "admin"}},
+            {"content": "key order differs", "role": "assistant"},
+        ]
+    )
+    [info] = FileSession.list_conversations(tmp_path)
+    assert (info.agent_name, info.conversation_id, info.message_count) == ("a", "c", 2)

@@ -355,3 +355,30 @@ def test_agent_construction_errors() -> None:
         Agent(name="A", model="m", handoffs=["B"])  # type: ignore[list-item]
     with pytest.raises(ConfigurationError, match="messages must be a list"):
         run_agent(Agent(name="A", model="m"), {"role": "user", "content": "x"}, None)  # type: ignore[arg-type]
+
+
+async def test_leaving_the_event_stream_early_cancels_the_run(
+    server: TestServer, client: ModelClient, store: Path
+) -> None:
+    started, finished = asyncio.Event(), []
+
+    async def slow(x: int) -> str:
+        started.set()
+        await asyncio.sleep(30)
+        finished.append(x)
+        return "never"
+
+    agent = Agent(name="A", model="m", tools=[slow])
+    session = session_for(agent, store)
+    server.script(Reply.tool_calls(ToolCall("slow", {"x": 1}, id="s1")))
+    async for event in run_agent(agent, USER, session, result_processor=None, client=client):
+        if event["type"] == "tool_call":
+            await started.wait()
+            break
+    await asyncio.sleep(0.05)
+    assert finished == []
+    assert not [t for t in asyncio.all_tasks() if "slow" in repr(t.get_coro())]
+    # The call started and has no result: the next run does not silently run it again.
+    server.script(Reply.text("unused"))
+    result = await run_agent(agent, [], session, client=client)
+    assert result["status"] == "interrupted" and result["interruptions"][0]["kind"] == "unknown_outcome"
