@@ -202,15 +202,15 @@ async def test_a_handoff_puts_the_delegate_in_the_same_store(
     sub = await store.session("Billing", delegate_conv).get_items()
     assert shape(sub) == [
         "system",
-        "journal:handoff_received",
         "user",
+        "journal:handoff_received",
         "assistant",
         "journal:started",
         "tool",
         "assistant",
     ]
     assert sub[0] == {"role": "system", "content": "You handle refunds."}
-    assert sub[2] == {"role": "user", "content": "Refund order 7"}
+    assert sub[1] == {"role": "user", "content": "Refund order 7"}
     top = await store.session("Triage", conv).get_items()
     assert {"role": "tool", "tool_call_id": "call_h", "content": "Refunded order 7."} in top
     # The delegate's request went out with its own instructions, not the caller's.

@@ -110,8 +110,9 @@ class PendingCall:
     arguments: str
     started: bool = False
     started_args: dict[str, Any] | None = None  # the arguments the guardrails let through
-    interrupt: Item | None = None  # the open interrupt record, if the call is paused
-    decision: Item | None = None  # a recorded decision on that interrupt, not yet acted on
+    interrupt: Item | None = None  # the latest interrupt record of this attempt
+    decision: Item | None = None  # the decision on that interrupt, if one was recorded
+    decided: list[tuple[Item, Item]] = field(default_factory=list)  # earlier (interrupt, decision) pairs
     handoff_received: bool = False
     result: str | None = None  # a result journaled before its turn to be stored in call order
 
@@ -125,6 +126,7 @@ class ConversationState:
     messages: list[Item]
     pending: list[PendingCall] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # of the latest assistant message
+    call_ids: set[str] = field(default_factory=set)  # every tool call id used in the conversation
 
     @property
     def final_output(self) -> str | None:
@@ -139,9 +141,11 @@ class ConversationState:
 def replay(items: list[Item]) -> ConversationState:
     """Rebuild what a run needs from stored items; pure, so it is tested without a store."""
     messages = [i for i in items if "role" in i]
+    ids = {c.get("id") for m in messages if m.get("tool_calls") for c in m["tool_calls"]}
+    call_ids = {i for i in ids if isinstance(i, str)}
     last_call_msg = _latest_tool_call_message(items)
     if last_call_msg < 0:
-        return ConversationState(messages)
+        return ConversationState(messages, call_ids=call_ids)
     calls = items[last_call_msg]["tool_calls"]
     answered: set[str] = set()
     journal: dict[str, PendingCall] = {}
@@ -154,7 +158,7 @@ def replay(items: list[Item]) -> ConversationState:
         elif (p := journal.get(item.get("call", ""))) is not None:
             _apply_record(p, item)
     pending = [p for cid, p in journal.items() if cid not in answered]
-    return ConversationState(messages, pending, calls)
+    return ConversationState(messages, pending, calls, call_ids)
 
 
 def _latest_tool_call_message(items: list[Item]) -> int:
@@ -170,9 +174,12 @@ def _latest_tool_call_message(items: list[Item]) -> int:
 
 def _apply_record(p: PendingCall, item: Item) -> None:
     kind = item.get("journal")
-    if kind == "started":
+    if kind == "started":  # a new attempt: what was asked before it has been acted on
         p.started, p.started_args = True, item.get("args")
+        p.interrupt, p.decision, p.decided = None, None, []
     elif kind == "interrupt":
+        if p.interrupt is not None and p.decision is not None:
+            p.decided.append((p.interrupt, p.decision))
         p.interrupt, p.decision = item, None
     elif kind == "decision":
         p.decision = item

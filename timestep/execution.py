@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .approvals import Decision, Interruption, PendingCall, fingerprint, parse_decision
 from .guardrails import GuardrailInterrupt, InputGuardrail, OutputGuardrail
-from .tools import ToolArgumentsError, ToolContext, render_result
+from .tools import ToolArgumentsError, ToolContext, render_result, valid_text
 
 if TYPE_CHECKING:
     import asyncio
@@ -115,9 +115,10 @@ async def _call_and_check(
             call_args = tool.validate(args)
         except ToolArgumentsError as exc:
             raise _fail(ctx, base, str(exc)) from None
-    if not call.started:
-        await session.add_items([{"journal": "started", "call": call.id, "args": args}])
-        call.started, call.started_args = True, args
+    # Every attempt is journaled, a re-run too: a crash during it must again count as unknown.
+    await session.add_items([{"journal": "started", "call": call.id, "args": _jsonable(args)}])
+    call.started, call.started_args = True, args
+    call.interrupt, call.decision, call.decided = None, None, []
     if handoff is not None:
         outcome = await ctx.delegate(agent, handoff, session, ctx, call, args)
         if outcome.content is None:
@@ -187,6 +188,7 @@ def _parse_arguments(ctx: RunContext, call: PendingCall, base: Event) -> dict[st
 
 
 def _fail(ctx: RunContext, base: Event, error: str, **extra: Any) -> _Stop:
+    error = valid_text(error)
     ctx.emit({"type": "tool_error", **base, "error": error, **extra})
     return _Stop(f"Error: {error}")
 
@@ -197,20 +199,39 @@ async def _input_guardrails(
     """Run the input chain; the arguments to call the tool with, or None if the call paused."""
     if agent.get_tool(call.name) is None and agent.get_handoff(call.name) is None:
         raise _fail(ctx, base, f"there is no tool named {call.name!r}; available: {', '.join(agent.tool_names)}")
-    for g in (*ctx.inherited_guardrails, *agent.guardrails):
-        if not isinstance(g, InputGuardrail):
-            continue
+    chain = [g for g in (*ctx.inherited_guardrails, *agent.guardrails) if isinstance(g, InputGuardrail)]
+    for _ in range(len(chain) + 2):
+        checked, edited = await _run_input_chain(agent, session, ctx, call, base, chain, args)
+        if edited is None:
+            return checked
+        args = edited  # a person edited the arguments: the whole chain checks them again
+    raise _blocked(ctx, base, "input", "approvals", "the edited arguments kept changing; the call was not made")
+
+
+async def _run_input_chain(
+    agent: Agent,
+    session: Session,
+    ctx: RunContext,
+    call: PendingCall,
+    base: Event,
+    chain: list[InputGuardrail],
+    args: dict[str, Any],
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """One pass: (arguments to call with, None), (None, None) if paused, or (None, edited) to restart."""
+    for g in chain:
         try:
             verdict = await g.check(call.name, args)
         except GuardrailInterrupt as interrupt:
             asked = interrupt.tool_args or args
             decision = await _approve(agent, session, ctx, call, base, g.name, interrupt.prompt, asked)
             if decision is None:
-                return None
+                return None, None
             if not decision["approve"]:
                 ctx.emit({"type": "tool_error", **base, "error": "declined by a person", "declined": True})
                 raise _Stop(_declined_text(decision.get("message"), rerun=False)) from None
-            args = decision.get("args") or asked
+            edited = decision.get("args")
+            if edited is not None and edited != args:
+                return None, edited
             continue
         except Exception as exc:
             raise _blocked(ctx, base, "input", g.name, f"the guardrail failed ({type(exc).__name__}: {exc})") from None
@@ -218,7 +239,7 @@ async def _input_guardrails(
             raise _blocked(ctx, base, "input", g.name, verdict.reason or "blocked")
         if verdict.action == "modify_args" and verdict.args is not None:
             args = verdict.args
-    return args
+    return args, None
 
 
 async def _approve(
@@ -237,17 +258,18 @@ async def _approve(
     arguments they edited in): an approval never authorises a different call.
     """
     asked_fp = fingerprint(call.name, asked)
-    if call.decision is not None and call.interrupt is not None:
-        edited = call.decision.get("args")
-        covered = {call.interrupt.get("args_fingerprint")} | ({fingerprint(call.name, edited)} if edited else set())
-        if asked_fp in covered:
-            return call.decision
+    answered = [*call.decided, *([(call.interrupt, call.decision)] if call.interrupt and call.decision else [])]
+    for interrupt, decision in answered:
+        edited = decision.get("args")
+        covered = {interrupt.get("args_fingerprint")} | ({fingerprint(call.name, edited)} if edited else set())
+        if interrupt.get("guardrail") == guardrail and asked_fp in covered:
+            return decision
     record = {
         "journal": "interrupt",
         "call": call.id,
         "kind": "approval",
         "tool": call.name,
-        "args": asked,
+        "args": _jsonable(asked),
         "args_fingerprint": asked_fp,
         "call_fingerprint": call.call_fingerprint,
         "prompt": prompt,
@@ -263,6 +285,8 @@ async def _ask(
 ) -> None:
     """Record the interrupt, then ask the inline handler if there is one, else announce the pause."""
     await session.add_items([record])
+    if call.interrupt is not None and call.decision is not None:
+        call.decided.append((call.interrupt, call.decision))
     call.interrupt, call.decision = record, None
     if ctx.approval_handler is None:
         ctx.emit(
@@ -375,3 +399,13 @@ def _interruption_from(record: dict[str, Any] | None, agent: Agent) -> Interrupt
         agent=record.get("agent") or agent.name,
         kind=record.get("kind", "approval"),
     )
+
+
+def _jsonable(value: dict[str, Any]) -> dict[str, Any]:
+    """What a guardrail handed over, in a form the journal can store (dates and the like as text)."""
+    try:
+        json.dumps(value, ensure_ascii=False)
+        return value
+    except (TypeError, ValueError):
+        result: dict[str, Any] = json.loads(json.dumps(value, ensure_ascii=False, default=str))
+        return result

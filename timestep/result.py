@@ -24,14 +24,14 @@ async def default_result_processor(events: AsyncIterable[dict[str, Any]]) -> dic
         "usage": {},
         "agent": None,
     }
-    calls: dict[tuple[int, str], dict[str, Any]] = {}
+    calls: dict[tuple[int, str, str], dict[str, Any]] = {}
     async for event in events:
         kind = event["type"]
         top = event.get("depth", 0) == 0
         if kind == "message" and top:
             result["messages"].append(event["message"])
         elif kind == "tool_call":
-            key = (event.get("depth", 0), event["tool_call_id"])
+            key = (event.get("depth", 0), event["agent"], event["tool_call_id"])
             if key not in calls:
                 calls[key] = {
                     "id": event["tool_call_id"],
@@ -45,7 +45,7 @@ async def default_result_processor(events: AsyncIterable[dict[str, Any]]) -> dic
             else:
                 calls[key]["arguments"] = event.get("arguments")
         elif kind in ("tool_result", "tool_error", "guardrail_blocked"):
-            key = (event.get("depth", 0), event["tool_call_id"])
+            key = (event.get("depth", 0), event["agent"], event["tool_call_id"])
             entry = calls.get(key)
             if entry is None:
                 entry = calls[key] = {

@@ -14,6 +14,7 @@ iterator of events, so the three ways of using it in the README all come from on
 from __future__ import annotations
 
 import contextlib
+import secrets
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass
@@ -196,14 +197,14 @@ async def _run_level(
     new_messages: list[Item],
     session: Session,
     ctx: RunContext,
-    prefix: list[Item] | None = None,
+    journal: list[Item] | None = None,
     state: ConversationState | None = None,
 ) -> LevelOutcome:
     emit = ctx.emit
     head: Event = {"agent": agent.name, "depth": ctx.depth}
     emit({"type": "run_start", **head, "conversation_id": session.conversation_id})
     usage: dict[str, int] = {}
-    outcome = await _advance(agent, new_messages, session, ctx, usage, prefix, state)
+    outcome = await _advance(agent, new_messages, session, ctx, usage, journal, state)
     end: Event = {
         "type": "run_end",
         **head,
@@ -223,7 +224,7 @@ async def _advance(
     session: Session,
     ctx: RunContext,
     usage: dict[str, int],
-    prefix: list[Item] | None,
+    journal: list[Item] | None,
     state: ConversationState | None,
 ) -> LevelOutcome:
     head: Event = {"agent": agent.name, "depth": ctx.depth}
@@ -239,9 +240,9 @@ async def _advance(
         elif not new_messages and state.final_output is not None:
             return LevelOutcome("completed", final_output=state.final_output)
         if new_messages:
-            await _append(session, ctx, head, state, new_messages, prefix or [])
+            await _append(session, ctx, head, state, new_messages, journal or [])
         for _ in range(ctx.config.max_turns):
-            reply = await _call_model(agent, state.messages, ctx, head, usage)
+            reply = await _call_model(agent, state.messages, ctx, head, usage, state.call_ids)
             await _append(session, ctx, head, state, [reply])
             calls = reply.get("tool_calls")
             if not calls:
@@ -266,9 +267,9 @@ async def _append(
     head: Event,
     state: ConversationState,
     messages: list[Item],
-    prefix: list[Item] | None = None,
+    journal: list[Item] | None = None,
 ) -> None:
-    await session.add_items([*(prefix or []), *messages])
+    await session.add_items([*messages, *(journal or [])])
     state.messages.extend(messages)
     for m in messages:
         ctx.emit({"type": "message", **head, "message": m})
@@ -344,7 +345,9 @@ def _request(agent: Agent, messages: list[Item], ctx: RunContext) -> dict[str, A
     return body
 
 
-async def _call_model(agent: Agent, messages: list[Item], ctx: RunContext, head: Event, usage: dict[str, int]) -> Item:
+async def _call_model(
+    agent: Agent, messages: list[Item], ctx: RunContext, head: Event, usage: dict[str, int], ctx_ids: set[str]
+) -> Item:
     body = _request(agent, messages, ctx)
     client = ctx.client
     if ctx.stream:
@@ -356,7 +359,7 @@ async def _call_model(agent: Agent, messages: list[Item], ctx: RunContext, head:
     if used:
         for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
             usage[k] = usage.get(k, 0) + int(used.get(k) or 0)
-    return _assistant_message(message)
+    return _assistant_message(message, ctx_ids)
 
 
 async def _stream_reply(
@@ -375,7 +378,7 @@ async def _stream_reply(
                 content.append(text)
                 ctx.emit({"type": "content_delta", **head, "delta": text})
             for tc in delta.get("tool_calls") or ():
-                slot = calls.setdefault(tc.get("index", 0), {"id": "", "name": "", "arguments": []})
+                slot = calls.setdefault(_slot_index(calls, tc), {"id": "", "name": "", "arguments": []})
                 slot["id"] = tc.get("id") or slot["id"]
                 fn = tc.get("function") or {}
                 slot["name"] += fn.get("name") or ""
@@ -389,8 +392,27 @@ async def _stream_reply(
     return message, used
 
 
-def _assistant_message(message: dict[str, Any]) -> Item:
-    """Keep the portable part of the model's reply; refuse one that says nothing at all."""
+def _slot_index(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> int:
+    """Which call a streamed tool-call delta continues. Some servers omit ``index``, or send 0 for
+    every call: a delta with a new id then starts a new call instead of running into the last one."""
+    index = delta.get("index")
+    last = max(calls) if calls else -1
+    if not isinstance(index, int):
+        index = last if last >= 0 else 0
+    current = calls.get(index)
+    new_id = delta.get("id")
+    if current is not None and new_id and current["id"] and new_id != current["id"]:
+        index = last + 1
+    return index
+
+
+def _assistant_message(message: dict[str, Any], used_ids: set[str]) -> Item:
+    """Keep the portable part of the model's reply; refuse one that says nothing at all.
+
+    Tool call ids are how results, approvals and the journal find their call, so a missing id, or
+    one already used in this conversation (some servers number calls from zero on every reply), is
+    replaced by a fresh one.
+    """
     content = message.get("content")
     calls = message.get("tool_calls") or []
     if not content and not calls:
@@ -403,9 +425,13 @@ def _assistant_message(message: dict[str, Any]) -> Item:
             if not fn.get("name"):
                 raise ModelResponseError(f"the model sent tool call #{n} without a function name")
             args = fn.get("arguments")
+            call_id = c.get("id")
+            if not isinstance(call_id, str) or not call_id or call_id in used_ids:
+                call_id = f"call_{secrets.token_hex(12)}"
+            used_ids.add(call_id)
             clean.append(
                 {
-                    "id": c.get("id") or f"call_{n}",
+                    "id": call_id,
                     "type": "function",
                     "function": {"name": fn["name"], "arguments": args if isinstance(args, str) else _dumps(args)},
                 }
@@ -436,13 +462,17 @@ async def _delegate(
         ctx.emit({"type": "tool_error", **head, "name": call.name, "error": msg})
         return CallOutcome(f"Error: {msg}", failed=True)
     sub = delegate_session(caller, target, session)
-    items = await sub.get_items()
-    received = delegate_marker(items, call.id) >= 0
-    message = str(args.get("message", ""))
-    ctx.emit({"type": "handoff_start", **head, "message": message, "resumed": received})
-    new = [] if received else [{"role": "user", "content": message}]
-    prefix = None if received else [{"journal": HANDOFF_RECEIVED, "call": call.id}]
-    outcome = await _run_level(target, new, sub, ctx.child(caller), prefix)
+    lock = getattr(sub, "lock", None)  # two transfers to one delegate in one reply take turns
+    async with lock(ctx.config.lock_timeout) if lock is not None else contextlib.nullcontext():
+        items = await sub.get_items()
+        received = delegate_marker(items, call.id) >= 0
+        message = str(args.get("message", ""))
+        ctx.emit({"type": "handoff_start", **head, "message": message, "resumed": received})
+        new = [] if received else [{"role": "user", "content": message}]
+        # The marker goes after the message: a write torn between them re-delivers the message
+        # rather than answering the new request with an old reply.
+        suffix = None if received else [{"journal": HANDOFF_RECEIVED, "call": call.id}]
+        outcome = await _run_level(target, new, sub, ctx.child(caller), suffix)
     ctx.emit({"type": "handoff_end", **head, "status": outcome.status, "output": outcome.final_output})
     if outcome.status == "interrupted":
         return CallOutcome(None, outcome.interruptions or [])
@@ -494,6 +524,10 @@ async def _check_approvals(
             known = ", ".join(waiting) or "none"
             raise ApprovalError(f"no tool call {cid!r} is awaiting approval (awaiting: {known})")
         assert p.interrupt is not None
+        if p.interrupt.get("kind") == "unknown_outcome" and decisions[cid].args is not None:
+            raise ApprovalError(
+                f"tool call {cid!r} may already have run: approve or decline running it again, without new arguments"
+            )
         if p.interrupt.get("call_fingerprint") != p.call_fingerprint:
             raise ApprovalError(
                 f"tool call {cid!r} no longer matches the call that was put to the person "

@@ -312,11 +312,21 @@ _JSON_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", 
 def render_result(value: Any) -> str:
     """What the model reads: strings as they are, anything else as JSON."""
     if isinstance(value, str):
-        return value
+        return valid_text(value)
     dump = getattr(value, "model_dump_json", None)
     if callable(dump):
-        return str(dump())
+        return valid_text(str(dump()))
     try:
-        return json.dumps(value, ensure_ascii=False, default=str)
+        return valid_text(json.dumps(value, ensure_ascii=False, default=str))
     except (TypeError, ValueError):
-        return str(value)
+        return valid_text(str(value))
+
+
+def valid_text(text: str) -> str:
+    """Text that can be stored and sent as UTF-8: a lone surrogate (an undecodable file name, say)
+    becomes an escape instead of an error that would lose the result of a tool that already ran."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

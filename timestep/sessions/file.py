@@ -47,6 +47,7 @@ T = TypeVar("T")
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_~")
 _MAX_NAME = 200
 _INLINE_READ_LIMIT = 256 * 1024
+_TAIL = 256
 
 
 class _WouldBlock(Exception):
@@ -102,13 +103,15 @@ class FileSession:
             raise SessionNameError(f"conversation {conversation_id!r} would be stored outside {root}")
         self._items: list[Item] = []
         self._offset = 0
+        self._tail = b""  # the last bytes of what the cache holds, to notice a rewritten end
         self._stamp: tuple[int, int] | None = None  # (inode, mtime_ns) of the cached view
 
     def __repr__(self) -> str:
         return f"FileSession({self.agent_name!r}, {self.conversation_id!r}, storage_dir={str(self.storage_dir)!r})"
 
     def derive(self, agent_name: str, conversation_id: str, agent_instructions: str | None) -> FileSession:
-        return FileSession(agent_name, conversation_id, agent_instructions, self.storage_dir, fsync=self.fsync)
+        # The resolved folder: a delegate's file must not move if the working directory changes.
+        return FileSession(agent_name, conversation_id, agent_instructions, self.path.parent.parent, fsync=self.fsync)
 
     # -- async API -------------------------------------------------------------------------------
 
@@ -237,11 +240,11 @@ class FileSession:
         if self._stamp is not None and st.st_ino == self._stamp[0]:
             if st.st_size == self._offset and stamp == self._stamp:
                 return True
-            start = self._offset if st.st_size > self._offset else None
+            start = self._offset if st.st_size > self._offset and self._tail_unchanged(fd) else None
         else:
             start = None
         if start is None:
-            self._items, self._offset = [], 0
+            self._items, self._offset, self._tail = [], 0, b""
             start = 0
         if not blocking and st.st_size - start > _INLINE_READ_LIMIT:
             raise _WouldBlock
@@ -251,8 +254,14 @@ class FileSession:
             return False
         self._items.extend(self._parse(data, len(self._items)))
         self._offset = start + end
+        self._tail = (self._tail + data)[-_TAIL:]
         self._stamp = stamp
         return True
+
+    def _tail_unchanged(self, fd: int) -> bool:
+        """Whether what this cache read last is still where it was: if another writer popped and then
+        appended, the file grew but the cached end no longer matches, and only a full read is right."""
+        return os.pread(fd, len(self._tail), self._offset - len(self._tail)) == self._tail
 
     def _parse(self, data: bytes, lines_before: int) -> list[Item]:
         items = []
@@ -305,7 +314,7 @@ class FileSession:
             in_sync = self._stamp is not None and self._stamp == (st.st_ino, st.st_mtime_ns) and size == self._offset
             if size == 0:
                 in_sync = True
-                self._items, self._offset = [], 0
+                self._items, self._offset, self._tail = [], 0, b""
                 sys_item = system_item(self.agent_instructions)
                 if sys_item is not None:
                     data = (json.dumps(sys_item, ensure_ascii=False) + "\n").encode() + data
@@ -319,6 +328,7 @@ class FileSession:
                 st = os.fstat(fd)
                 self._items.extend(items)
                 self._offset = st.st_size
+                self._tail = (self._tail + data)[-_TAIL:]
                 self._stamp = (st.st_ino, st.st_mtime_ns)
         finally:
             os.close(fd)
@@ -340,6 +350,7 @@ class FileSession:
             st = os.fstat(fd)
             del self._items[keep_items:]
             self._offset = pos
+            self._tail = data[:pos][-_TAIL:]
             self._stamp = (st.st_ino, st.st_mtime_ns)
             return removed
         finally:
