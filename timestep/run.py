@@ -367,6 +367,7 @@ async def _stream_reply(
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     content: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
+    seen: dict[int, int] = {}
     used = None
     async for chunk in client.stream(body):
         if chunk.get("usage"):
@@ -378,7 +379,7 @@ async def _stream_reply(
                 content.append(text)
                 ctx.emit({"type": "content_delta", **head, "delta": text})
             for tc in delta.get("tool_calls") or ():
-                slot = calls.setdefault(_slot_index(calls, tc), {"id": "", "name": "", "arguments": []})
+                slot = calls.setdefault(_slot_index(calls, seen, tc), {"id": "", "name": "", "arguments": []})
                 slot["id"] = tc.get("id") or slot["id"]
                 fn = tc.get("function") or {}
                 slot["name"] += fn.get("name") or ""
@@ -392,18 +393,27 @@ async def _stream_reply(
     return message, used
 
 
-def _slot_index(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> int:
-    """Which call a streamed tool-call delta continues. Some servers omit ``index``, or send 0 for
-    every call: a delta with a new id then starts a new call instead of running into the last one."""
+def _slot_index(calls: dict[int, dict[str, Any]], seen: dict[int, int], delta: dict[str, Any]) -> int:
+    """Which call a streamed tool-call delta belongs to.
+
+    OpenAI numbers calls with ``index``; some servers omit it, or send 0 for every call. So the
+    server's index maps to a call of ours (``seen``), a delta without one continues the latest call,
+    and a delta that brings a new id starts a new call instead of running into the previous one.
+    """
     index = delta.get("index")
-    last = max(calls) if calls else -1
-    if not isinstance(index, int):
-        index = last if last >= 0 else 0
-    current = calls.get(index)
+    if isinstance(index, int) and index in seen:
+        slot = seen[index]
+    elif isinstance(index, int) or not calls:
+        slot = len(calls)
+    else:
+        slot = max(calls)
+    current = calls.get(slot)
     new_id = delta.get("id")
     if current is not None and new_id and current["id"] and new_id != current["id"]:
-        index = last + 1
-    return index
+        slot = len(calls)
+    if isinstance(index, int):
+        seen[index] = slot
+    return slot
 
 
 def _assistant_message(message: dict[str, Any], used_ids: set[str]) -> Item:

@@ -284,9 +284,19 @@ class _Database:
         return await loop.run_in_executor(self._executor, self._call, op)
 
     def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        if not self._conn:
-            self._conn.append(open_connection(self.path))
-        return op(self._conn[0])
+        # SQLite can answer "database is locked" at once, without waiting out busy_timeout, when two
+        # processes create or switch a new file to WAL together, or while one recovers the WAL. Every
+        # operation is a whole transaction (rolled back on error), so trying it again is safe.
+        for attempt in range(40):
+            try:
+                if not self._conn:
+                    self._conn.append(open_connection(self.path))
+                return op(self._conn[0])
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 39:
+                    raise
+                time.sleep(min(0.005 * 2**attempt, 0.25))
+        raise AssertionError("unreachable")
 
 
 def _shut_down(executor: ThreadPoolExecutor, conn: list[sqlite3.Connection]) -> None:
