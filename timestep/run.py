@@ -95,7 +95,21 @@ class RunHandle:
     async def _result(self) -> Any:
         if self._processor is None:
             return [event async for event in self]
+        if self._processor is default_result_processor:
+            # Nobody watches these events as they happen: collect them in the run's own task instead
+            # of handing each one across a queue to a second task.
+            if self._used:
+                raise RuntimeError("a run can be consumed once; call run_agent again to run again")
+            self._used = True
+            events: list[Event] = []
+            await self._drive(events.append)
+            return await default_result_processor(_replay_events(events))
         return await self._processor(self)
+
+
+async def _replay_events(events: list[Event]) -> AsyncIterator[Event]:
+    for event in events:
+        yield event
 
 
 def run_agent(
