@@ -152,3 +152,31 @@ async def test_listing_counts_messages_not_journal_records(tmp_path: Path) -> No
     )
     [info] = FileSession.list_conversations(tmp_path)
     assert (info.agent_name, info.conversation_id, info.message_count) == ("a", "c", 2)
+
+
+def test_a_write_that_fails_half_way_takes_back_what_it_wrote(tmp_path: Path) -> None:
+    """A full disk (here: a file-size limit) must not leave half a batch behind."""
+    script = f"""
+import asyncio, resource, signal
+from timestep import FileSession, SessionUnavailableError
+
+async def main():
+    session = FileSession("a", "c", None, {str(tmp_path)!r})
+    await session.add_items([{{"role": "user", "content": "kept"}}])
+    size = session.path.stat().st_size
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, size + 100))
+    try:
+        await session.add_items([{{"role": "user", "content": "x" * 60}}, {{"role": "user", "content": "y" * 60}}])
+    except SessionUnavailableError as exc:
+        print("refused:", exc)
+    print(session.path.stat().st_size == size)
+
+asyncio.run(main())
+"""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: cannot append to" in proc.stdout and proc.stdout.strip().endswith("True")

@@ -320,10 +320,14 @@ class FileSession:
                     data = (json.dumps(sys_item, ensure_ascii=False) + "\n").encode() + data
                     items = [sys_item, *items]
             view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.fsync:
-                os.fsync(fd)
+            try:
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
+            except OSError as exc:  # a full disk, say: take back the part that was written, all or nothing
+                os.ftruncate(fd, size)
+                raise SessionUnavailableError(f"cannot append to {self.path}: {exc.strerror or exc}") from exc
             if in_sync:
                 st = os.fstat(fd)
                 self._items.extend(items)
