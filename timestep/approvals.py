@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -138,34 +139,52 @@ class ConversationState:
         return None
 
 
-def replay(items: list[Item]) -> ConversationState:
-    """Rebuild what a run needs from stored items; pure, so it is tested without a store."""
-    messages = [i for i in items if "role" in i]
+async def load(session: Any) -> tuple[list[Item], list[Item]]:
+    """A session's messages and its journal, each in the order written.
+
+    Stores that keep the journal apart say so with ``get_journal()``; for a user's own store that
+    returns whatever it was given, the two are told apart by the ``journal`` key.
+    """
+    get_journal = getattr(session, "get_journal", None)
+    if get_journal is not None:
+        return await session.get_items(), await get_journal()
+    items = await session.get_items()
+    return [i for i in items if "journal" not in i], [i for i in items if "journal" in i]
+
+
+def replay(messages: list[Item], journal: Sequence[Item] = ()) -> ConversationState:
+    """Rebuild what a run needs from stored messages and journal; pure, so it is tested without a store.
+
+    Tool call ids are unique within a conversation, so a journal record finds its call by id alone:
+    the order of records matters only among the records of one call.
+    """
+    if any("journal" in m for m in messages):  # one interleaved list, as older callers pass
+        journal = [*journal, *(m for m in messages if "journal" in m)]
+        messages = [m for m in messages if "journal" not in m]
+    messages = [m for m in messages if "role" in m]
     ids = {c.get("id") for m in messages if m.get("tool_calls") for c in m["tool_calls"]}
     call_ids = {i for i in ids if isinstance(i, str)}
-    last_call_msg = _latest_tool_call_message(items)
+    last_call_msg = _latest_tool_call_message(messages)
     if last_call_msg < 0:
         return ConversationState(messages, call_ids=call_ids)
-    calls = items[last_call_msg]["tool_calls"]
-    answered: set[str] = set()
-    journal: dict[str, PendingCall] = {}
+    calls = messages[last_call_msg]["tool_calls"]
+    pending_calls: dict[str, PendingCall] = {}
     for c in calls:
         fn = c.get("function", {})
-        journal[c["id"]] = PendingCall(c["id"], fn.get("name", ""), fn.get("arguments", ""))
-    for item in items[last_call_msg + 1 :]:
-        if item.get("role") == "tool":
-            answered.add(item.get("tool_call_id", ""))
-        elif (p := journal.get(item.get("call", ""))) is not None:
-            _apply_record(p, item)
-    pending = [p for cid, p in journal.items() if cid not in answered]
+        pending_calls[c["id"]] = PendingCall(c["id"], fn.get("name", ""), fn.get("arguments", ""))
+    answered = {m.get("tool_call_id", "") for m in messages[last_call_msg + 1 :] if m.get("role") == "tool"}
+    for record in journal:
+        if (p := pending_calls.get(record.get("call", ""))) is not None:
+            _apply_record(p, record)
+    pending = [p for cid, p in pending_calls.items() if cid not in answered]
     return ConversationState(messages, pending, calls, call_ids)
 
 
-def _latest_tool_call_message(items: list[Item]) -> int:
+def _latest_tool_call_message(messages: list[Item]) -> int:
     """Index of the assistant message with tool calls that ends the conversation, or -1."""
-    for n in range(len(items) - 1, -1, -1):
-        role = items[n].get("role")
-        if role == "assistant" and items[n].get("tool_calls"):
+    for n in range(len(messages) - 1, -1, -1):
+        role = messages[n].get("role")
+        if role == "assistant" and messages[n].get("tool_calls"):
             return n
         if role in ("user", "system", "assistant"):
             return -1
@@ -187,10 +206,6 @@ def _apply_record(p: PendingCall, item: Item) -> None:
         p.result = item.get("content")
 
 
-def delegate_marker(items: list[Item], parent_call_id: str) -> int:
-    """Index of the message a delegate received for this transfer call, or -1 if it never arrived."""
-    for n in range(len(items) - 1, -1, -1):
-        item = items[n]
-        if item.get("journal") == HANDOFF_RECEIVED and item.get("call") == parent_call_id:
-            return n
-    return -1
+def delegate_received(journal: list[Item], parent_call_id: str) -> bool:
+    """Whether a delegate already received the message of this transfer call."""
+    return any(r.get("journal") == HANDOFF_RECEIVED and r.get("call") == parent_call_id for r in journal)

@@ -26,7 +26,8 @@ from .approvals import (
     Decision,
     Interruption,
     PendingCall,
-    delegate_marker,
+    delegate_received,
+    load,
     parse_decision,
     replay,
 )
@@ -244,7 +245,7 @@ async def _advance(
     head: Event = {"agent": agent.name, "depth": ctx.depth}
     try:
         if state is None:
-            state = replay(await session.get_items())
+            state = replay(*await load(session))
         if state.pending:
             paused = await _run_calls(agent, session, ctx, state, state.pending)
             if paused:
@@ -488,8 +489,8 @@ async def _delegate(
     sub = delegate_session(caller, target, session)
     lock = getattr(sub, "lock", None)  # two transfers to one delegate in one reply take turns
     async with lock(ctx.config.lock_timeout) if lock is not None else contextlib.nullcontext():
-        items = await sub.get_items()
-        received = delegate_marker(items, call.id) >= 0
+        _, journal = await load(sub)
+        received = delegate_received(journal, call.id)
         message = str(args.get("message", ""))
         ctx.emit({"type": "handoff_start", **head, "message": message, "resumed": received})
         new = [] if received else [{"role": "user", "content": message}]
@@ -533,7 +534,7 @@ async def _check_approvals(
     agent: Agent, session: Session, decisions: dict[str, Decision], has_messages: bool
 ) -> ConversationState:
     """Refuse, before anything runs, approvals that match no pending call, and messages sent while calls wait."""
-    state = replay(await session.get_items())
+    state = replay(*await load(session))
     pending = await _pending_interrupts(agent, session, 0, state)
     if has_messages and pending:
         ids = ", ".join(p.id for p, _ in pending)
@@ -565,7 +566,7 @@ async def _pending_interrupts(
 ) -> list[tuple[PendingCall, Session]]:
     """Open interruptions at this level and, through pending handoffs, in every delegate below."""
     if state is None:
-        state = replay(await session.get_items())
+        state = replay(*await load(session))
     found: list[tuple[PendingCall, Session]] = []
     for p in state.pending:
         if p.interrupt is not None and p.decision is None:

@@ -26,7 +26,7 @@ import click
 from rich.text import Text
 
 from ..agent import Agent
-from ..approvals import Interruption, replay
+from ..approvals import Interruption, load, replay
 from ..handoffs import delegate_session
 from ..model import ModelClient
 from ..run import pending_interruptions, run_agent
@@ -139,7 +139,7 @@ async def close_unfinished(agent: Agent, session: Session, depth: int = 0) -> in
     Without this the next message would re-run (or ask about) calls the person just stopped. A
     handoff that was under way is closed inside its delegate's session first.
     """
-    state = replay(await session.get_items())
+    state = replay(*await load(session))
     results = []
     for call in state.pending:
         target = agent.get_handoff(call.name)
