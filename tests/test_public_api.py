@@ -38,6 +38,7 @@ EXPECTED = [
     "open_store",
     "pending_interruptions",
     "run_agent",
+    "terminal_approval_handler",
     "token_budget",
     "tool",
 ]

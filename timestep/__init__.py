@@ -24,6 +24,7 @@ from .model import ModelClient
 from .result import default_result_processor
 from .run import RunConfig, RunHandle, pending_interruptions, run_agent
 from .sessions import ConversationInfo, FileSession, Session
+from .terminal import terminal_approval_handler
 from .tools import Tool, ToolContext, tool
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ __all__ = [
     "open_store",
     "pending_interruptions",
     "run_agent",
+    "terminal_approval_handler",
     "token_budget",
     "tool",
 ]

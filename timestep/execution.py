@@ -73,12 +73,13 @@ class _Stop(Exception):
 
 
 async def execute_call(agent: Agent, session: Session, ctx: RunContext, call: PendingCall) -> CallOutcome:
-    base: Event = {"agent": agent.name, "depth": ctx.depth, "tool_call_id": call.id, "name": call.name}
+    name = call.name
+    base: Event = {"agent": agent.name, "depth": ctx.depth, "tool_call_id": call.id, "name": name, "tool": name}
     if call.result is not None:  # it finished before the last run stopped; only storing it was left
         return CallOutcome(call.result)
     try:
-        args = _parse_arguments(ctx, call, {**base, "arguments": call.arguments})
-        base["arguments"] = args
+        args = _parse_arguments(ctx, call, {**base, "arguments": call.arguments, "args": call.arguments})
+        base["arguments"] = base["args"] = args
         if call.interrupt is not None and call.decision is None:
             if call.id in ctx.approvals:
                 decision = ctx.approvals.pop(call.id)
@@ -105,7 +106,7 @@ async def _call_and_check(
     agent: Agent, session: Session, ctx: RunContext, call: PendingCall, base: Event, args: dict[str, Any]
 ) -> CallOutcome:
     """Journal the start, run the tool (or the delegate), then the output chain."""
-    base["arguments"] = args
+    base["arguments"] = base["args"] = args
     handoff = agent.get_handoff(call.name)
     tool = agent.get_tool(call.name)
     if handoff is None:
@@ -125,7 +126,9 @@ async def _call_and_check(
             return outcome
         if outcome.failed:
             raise _Stop(outcome.content)
-        result: Any = outcome.content
+        # Output guardrails see every tool's result in one shape: what it returned, and for a
+        # transfer a dict with the delegate's answer under "result" (as a seed-style tool returns).
+        result: Any = {"result": outcome.content}
     else:
         assert tool is not None
         context = ToolContext(tool_call_id=call.id, agent_name=agent.name, conversation_id=session.conversation_id)
@@ -133,7 +136,10 @@ async def _call_and_check(
             result = await tool.invoke(call_args, context)
         except Exception as exc:
             raise _fail(ctx, base, f"{call.name} raised {type(exc).__name__}: {exc}") from None
-    content = await _output_guardrails(agent, ctx, call, base, args, result)
+    result = await _output_guardrails(agent, ctx, call, base, args, result)
+    answer = result.get("result") if handoff is not None and isinstance(result, dict) and len(result) == 1 else None
+    # The caller's model reads a delegate's answer as it is, not wrapped.
+    content = valid_text(answer) if isinstance(answer, str) else render_result(result)
     ctx.emit({"type": "tool_result", **base, "result": content})
     return CallOutcome(content)
 
@@ -157,7 +163,7 @@ async def _resume_started(
         if not call.decision["approve"]:
             ctx.emit({"type": "tool_error", **base, "error": "declined by a person", "declined": True})
             raise _Stop(_declined_text(call.decision.get("message"), rerun=True))
-    ctx.emit({"type": "tool_call", **base, "arguments": args, "retry": True})
+    ctx.emit({"type": "tool_call", **base, "arguments": args, "args": args, "retry": True})
     return await _call_and_check(agent, session, ctx, call, base, args)
 
 
@@ -169,6 +175,7 @@ def _still_pending(ctx: RunContext, call: PendingCall, base: Event, agent: Agent
             "type": "interrupt",
             **base,
             "arguments": record.get("args"),
+            "args": record.get("args"),
             "prompt": record.get("prompt"),
             "kind": record.get("kind"),
         }
@@ -294,6 +301,7 @@ async def _ask(
                 "type": "interrupt",
                 **base,
                 "arguments": record["args"],
+                "args": record["args"],
                 "prompt": record["prompt"],
                 "kind": record["kind"],
             }
@@ -367,7 +375,7 @@ def _blocked(ctx: RunContext, base: Event, stage: str, guardrail: str, reason: s
 
 async def _output_guardrails(
     agent: Agent, ctx: RunContext, call: PendingCall, base: Event, args: dict[str, Any], result: Any
-) -> str:
+) -> Any:
     for g in (*ctx.inherited_guardrails, *agent.guardrails):
         if not isinstance(g, OutputGuardrail):
             continue
@@ -381,7 +389,7 @@ async def _output_guardrails(
             raise _blocked(ctx, base, "output", g.name, verdict.reason or "blocked")
         if verdict.action == "modify_result":
             result = verdict.result
-    return render_result(result)
+    return result
 
 
 def _declined_text(message: str | None, *, rerun: bool) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Mapping
 from typing import Any
 
 
-async def default_result_processor(events: AsyncIterable[dict[str, Any]]) -> dict[str, Any]:
+async def default_result_processor(events: AsyncIterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Collect a run's events into ``{"status", "final_output", "messages", "tool_calls", ...}``.
 
     ``messages`` are the messages the run added to the top-level conversation, in order (a

@@ -13,12 +13,13 @@ iterator of events, so the three ways of using it in the README all come from on
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import secrets
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .agent import Agent
 from .approvals import (
@@ -38,7 +39,10 @@ from .model import ModelClient
 from .result import default_result_processor
 from .sessions.base import Item, Session
 
-ResultProcessor = Callable[[AsyncIterable[Event]], Awaitable[Any]]
+if TYPE_CHECKING:
+    from . import events
+
+ResultProcessor = Callable[[AsyncIterable[Any]], Awaitable[Any]]
 HistoryPolicy = Callable[[list[Item]], list[Item]]
 
 
@@ -57,55 +61,92 @@ class RunConfig:
     lock_timeout: float = 120.0
 
 
-_DONE = object()
+class RunHandle(Coroutine[Any, Any, Any]):
+    """The run, not yet started: ``await`` it (or ``asyncio.run`` it) for the result, or ``async for``
+    over its events.
 
-
-class RunHandle:
-    """The run, not yet started: ``await`` it for the result, or ``async for`` over its events."""
+    It is a coroutine in the ``collections.abc`` sense, because ``asyncio.run`` and
+    ``asyncio.create_task`` accept nothing else; the run itself starts only when it is first
+    awaited, stepped or iterated, so a handle that is never used does nothing.
+    """
 
     def __init__(self, drive: Callable[[Callable[[Event], None]], Awaitable[None]], processor: ResultProcessor | None):
         self._drive = drive
         self._processor = processor
         self._used = False
+        self._coro: Coroutine[Any, Any, Any] | None = None
 
-    def __aiter__(self) -> AsyncIterator[Event]:
+    def _claim(self) -> None:
         if self._used:
             raise RuntimeError("a run can be consumed once; call run_agent again to run again")
         self._used = True
-        return self._events()
+
+    def __aiter__(self) -> AsyncIterator[events.Event]:
+        self._claim()
+        return cast("AsyncIterator[events.Event]", self._events())
 
     async def _events(self) -> AsyncIterator[Event]:
+        """The run's events, handed from the run's task in batches: one wake-up per burst, not per event."""
         import asyncio  # at call time: ``import timestep`` stays light
 
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        task = asyncio.ensure_future(self._drive(queue.put_nowait))
-        task.add_done_callback(lambda _: queue.put_nowait(_DONE))
+        buffer: collections.deque[Event] = collections.deque()
+        waiter: list[asyncio.Future[None]] = []
+
+        def emit(event: Event) -> None:
+            buffer.append(event)
+            if waiter and not waiter[0].done():
+                waiter[0].set_result(None)
+
+        task = asyncio.ensure_future(self._drive(emit))
+        task.add_done_callback(lambda _: emit(_DONE))
         try:
-            while (event := await queue.get()) is not _DONE:
-                yield event
-            await task
+            while True:
+                while buffer:
+                    event = buffer.popleft()
+                    if event is _DONE:
+                        await task  # the run's own exception, if it raised
+                        return
+                    yield event
+                waiter[:] = [asyncio.get_running_loop().create_future()]
+                await waiter[0]
         finally:
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
 
+    def _coroutine(self) -> Coroutine[Any, Any, Any]:
+        if self._coro is None:
+            self._coro = self._result()
+        return self._coro
+
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._result().__await__()
+        return self._coroutine().__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._coroutine().send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        return self._coroutine().throw(typ, val, tb)
+
+    def close(self) -> None:
+        if self._coro is not None:
+            self._coro.close()
 
     async def _result(self) -> Any:
-        if self._processor is None:
-            return [event async for event in self]
-        if self._processor is default_result_processor:
+        if self._processor is None or self._processor is default_result_processor:
             # Nobody watches these events as they happen: collect them in the run's own task instead
-            # of handing each one across a queue to a second task.
-            if self._used:
-                raise RuntimeError("a run can be consumed once; call run_agent again to run again")
-            self._used = True
+            # of handing each one across to a second task.
+            self._claim()
             events: list[Event] = []
             await self._drive(events.append)
+            if self._processor is None:
+                return events
             return await default_result_processor(_replay_events(events))
         return await self._processor(self)
+
+
+_DONE: Any = {"type": "_done"}
 
 
 async def _replay_events(events: list[Event]) -> AsyncIterator[Event]:
@@ -153,9 +194,40 @@ def run_agent(
         lock = getattr(session, "lock", None)
         async with lock(cfg.lock_timeout) if lock is not None else contextlib.nullcontext():
             state = await _check_approvals(agent, session, decisions, bool(messages) and approval_handler is None)
-            await _run_level(agent, list(messages), session, ctx, state=state)
+            outcome = await _run_level(agent, list(messages), session, ctx, state=state)
+        if outcome.status == "interrupted" and outcome.interruptions:
+            _announce_pause(session, outcome.interruptions)
 
     return RunHandle(drive, result_processor)
+
+
+def _announce_pause(session: Session, waiting: list[Interruption]) -> None:
+    """Tell the person, on the ``timestep`` logger, what waits and how to answer it.
+
+    A paused run is a normal outcome, not an error, but a program that only prints its result would
+    otherwise end without a word about the call that waits. Applications that show approvals
+    themselves silence or route the ``timestep`` logger.
+    """
+    import json
+    import logging
+
+    log = logging.getLogger("timestep")
+    if not log.isEnabledFor(logging.WARNING):
+        return
+    for i in waiting:
+        what = "may already have run (its process stopped)" if i.kind == "unknown_outcome" else "waits for approval"
+        args = json.dumps(i.args, ensure_ascii=False, sort_keys=True)
+        log.warning(
+            "%s's call %s(%s) in conversation %r %s: %s\n  resume with: run_agent(agent, [], session, "
+            "approvals={%r: True})  (False or a message declines; see pending_interruptions())",
+            i.agent,
+            i.tool_name,
+            args,
+            session.conversation_id,
+            what,
+            i.prompt.strip(),
+            i.tool_call_id,
+        )
 
 
 def _resolve_client(client: Any) -> ModelClient:
@@ -287,7 +359,7 @@ async def _append(
     await session.add_items([*messages, *(journal or [])])
     state.messages.extend(messages)
     for m in messages:
-        ctx.emit({"type": "message", **head, "message": m})
+        ctx.emit({"type": "message", **head, "message": m, "content": m.get("content")})
 
 
 async def _run_calls(
@@ -392,7 +464,7 @@ async def _stream_reply(
             text = delta.get("content")
             if text:
                 content.append(text)
-                ctx.emit({"type": "content_delta", **head, "delta": text})
+                ctx.emit({"type": "content_delta", **head, "delta": text, "content": text})
             for tc in delta.get("tool_calls") or ():
                 slot = calls.setdefault(_slot_index(calls, seen, tc), {"id": "", "name": "", "arguments": []})
                 slot["id"] = tc.get("id") or slot["id"]
@@ -484,7 +556,7 @@ async def _delegate(
             f"cannot hand off to {target.name}: the chain of handoffs is already {ctx.depth + 1} deep "
             f"(max_handoff_depth={ctx.config.max_handoff_depth})"
         )
-        ctx.emit({"type": "tool_error", **head, "name": call.name, "error": msg})
+        ctx.emit({"type": "tool_error", **head, **_call_fields(call, args), "error": msg})
         return CallOutcome(f"Error: {msg}", failed=True)
     sub = delegate_session(caller, target, session)
     lock = getattr(sub, "lock", None)  # two transfers to one delegate in one reply take turns
@@ -502,9 +574,14 @@ async def _delegate(
     if outcome.status == "interrupted":
         return CallOutcome(None, outcome.interruptions or [])
     if outcome.status == "error":
-        ctx.emit({"type": "tool_error", **head, "name": call.name, "error": f"{target.name} failed: {outcome.error}"})
+        error = f"{target.name} failed: {outcome.error}"
+        ctx.emit({"type": "tool_error", **head, **_call_fields(call, args), "error": error})
         return CallOutcome(f"Error: the agent {target.name} failed: {outcome.error}", failed=True)
     return CallOutcome(outcome.final_output or "")
+
+
+def _call_fields(call: PendingCall, args: dict[str, Any]) -> Event:
+    return {"name": call.name, "tool": call.name, "arguments": args, "args": args}
 
 
 async def pending_interruptions(agent: Agent, session: Session) -> list[Interruption]:

@@ -92,7 +92,8 @@ async def run_turn(
     result = TurnResult()
     renderer.wait()
     try:
-        async for event in handle:
+        async for typed in handle:
+            event: dict[str, Any] = dict(typed)
             renderer.event(event)
             if event.get("depth", 0) != 0:
                 continue
