@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -111,6 +113,7 @@ class PendingCall:
     arguments: str
     started: bool = False
     started_args: dict[str, Any] | None = None  # the arguments the guardrails let through
+    started_record: Item | None = None  # the journal record of the latest attempt
     interrupt: Item | None = None  # the latest interrupt record of this attempt
     decision: Item | None = None  # the decision on that interrupt, if one was recorded
     decided: list[tuple[Item, Item]] = field(default_factory=list)  # earlier (interrupt, decision) pairs
@@ -194,7 +197,7 @@ def _latest_tool_call_message(messages: list[Item]) -> int:
 def _apply_record(p: PendingCall, item: Item) -> None:
     kind = item.get("journal")
     if kind == "started":  # a new attempt: what was asked before it has been acted on
-        p.started, p.started_args = True, item.get("args")
+        p.started, p.started_args, p.started_record = True, item.get("args"), item
         p.interrupt, p.decision, p.decided = None, None, []
     elif kind == "interrupt":
         if p.interrupt is not None and p.decision is not None:
@@ -209,3 +212,101 @@ def _apply_record(p: PendingCall, item: Item) -> None:
 def delegate_received(journal: list[Item], parent_call_id: str) -> bool:
     """Whether a delegate already received the message of this transfer call."""
     return any(r.get("journal") == HANDOFF_RECEIVED and r.get("call") == parent_call_id for r in journal)
+
+
+# -- integrity: an approval covers exactly the call a person saw ---------------------------------
+
+SECRET_ENV = "TIMESTEP_APPROVAL_SECRET"
+
+
+def digest(record: Item) -> str:
+    """A digest of one journal record (its signature left out), to bind a decision to its question."""
+    body = {k: v for k, v in record.items() if k != "sig"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Seal:
+    """Signs the journal records that can make a tool run, and checks them when they are read back.
+
+    With a secret (``RunConfig(approval_secret=...)`` or ``$TIMESTEP_APPROVAL_SECRET``, never
+    stored in the session), ``started``, ``interrupt`` and ``decision`` records carry an HMAC over
+    the record and the conversation it belongs to, so write access to the store is not enough to
+    approve a call, to change what was asked, or to move a record to another conversation. Without
+    one, records are unsigned and only their consistency is checked.
+    """
+
+    secret: bytes | None
+    scope: str
+
+    @classmethod
+    def of(cls, session: Any, secret: str | bytes | None) -> Seal:
+        if secret is None:
+            secret = os.environ.get(SECRET_ENV) or None
+        key = secret.encode() if isinstance(secret, str) else secret
+        return cls(key, json.dumps([session.agent_name, session.conversation_id], ensure_ascii=False))
+
+    def sign(self, record: Item) -> Item:
+        if self.secret:
+            record["sig"] = self._mac(record)
+        return record
+
+    def check(self, record: Item, what: str, call_id: str) -> None:
+        if not self.secret:
+            return
+        sig = record.get("sig")
+        if not isinstance(sig, str) or not hmac.compare_digest(sig, self._mac(record)):
+            state = "unsigned" if sig is None else "wrongly signed"
+            raise ApprovalError(
+                f"the {what} record of tool call {call_id!r} is {state}: it was not written by a run "
+                "holding the approval secret; refusing it"
+            )
+
+    def _mac(self, record: Item) -> str:
+        assert self.secret is not None
+        body = {k: v for k, v in record.items() if k != "sig"}
+        message = json.dumps([self.scope, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hmac.new(self.secret, message.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def check_interrupt(seal: Seal, call: PendingCall, record: Item) -> None:
+    """The question put to a person is the call the model made, with the arguments it shows."""
+    seal.check(record, "interrupt", call.id)
+    if record.get("call") != call.id or record.get("tool") != call.name:
+        problem = "it names another call or tool"
+    elif fingerprint(call.name, record.get("args")) != record.get("args_fingerprint"):
+        problem = "the arguments it shows are not the ones it was asked about"
+    elif record.get("call_fingerprint") != call.call_fingerprint:
+        problem = "the model's call changed in the session since the question was asked"
+    elif record.get("kind") == "unknown_outcome" and (
+        call.started_args is None or fingerprint(call.name, call.started_args) != record.get("args_fingerprint")
+    ):
+        problem = "the arguments to run again are not the ones the person was shown"
+    else:
+        return
+    raise ApprovalError(
+        f"tool call {call.id!r}: the stored question no longer matches the call ({problem}); refusing it"
+    )
+
+
+def check_decision(seal: Seal, call: PendingCall, interrupt: Item, decision: Item) -> None:
+    """A recorded decision answers this very question, and nothing else."""
+    check_interrupt(seal, call, interrupt)
+    seal.check(decision, "decision", call.id)
+    edited = decision.get("args")
+    if (
+        decision.get("call") != call.id
+        or decision.get("interrupt") != digest(interrupt)
+        or not isinstance(decision.get("approve"), bool)
+        or not (edited is None or isinstance(edited, dict))
+    ):
+        raise ApprovalError(
+            f"tool call {call.id!r}: a recorded decision does not answer the question that was asked of it; refusing it"
+        )
+
+
+def check_started(seal: Seal, call: PendingCall) -> None:
+    """The arguments of an attempt that may run again are the ones its journal record was signed with."""
+    if call.started_record is not None:
+        seal.check(call.started_record, "started", call.id)

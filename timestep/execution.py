@@ -13,7 +13,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .approvals import Decision, Interruption, PendingCall, fingerprint, parse_decision
+from .approvals import (
+    Decision,
+    Interruption,
+    PendingCall,
+    Seal,
+    check_decision,
+    check_interrupt,
+    check_started,
+    digest,
+    fingerprint,
+    parse_decision,
+)
 from .guardrails import GuardrailInterrupt, InputGuardrail, OutputGuardrail
 from .tools import ToolArgumentsError, ToolContext, render_result, valid_text
 
@@ -77,10 +88,13 @@ async def execute_call(agent: Agent, session: Session, ctx: RunContext, call: Pe
     base: Event = {"agent": agent.name, "depth": ctx.depth, "tool_call_id": call.id, "name": name, "tool": name}
     if call.result is not None:  # it finished before the last run stopped; only storing it was left
         return CallOutcome(call.result)
+    seal = Seal.of(session, ctx.config.approval_secret)
+    _check_answers(seal, call)  # a stored decision is checked before it is acted on
     try:
         args = _parse_arguments(ctx, call, {**base, "arguments": call.arguments, "args": call.arguments})
         base["arguments"] = base["args"] = args
         if call.interrupt is not None and call.decision is None:
+            check_interrupt(seal, call, call.interrupt)
             if call.id in ctx.approvals:
                 decision = ctx.approvals.pop(call.id)
             elif ctx.approval_handler is not None:
@@ -116,8 +130,10 @@ async def _call_and_check(
             call_args = tool.validate(args)
         except ToolArgumentsError as exc:
             raise _fail(ctx, base, str(exc)) from None
+    seal = Seal.of(session, ctx.config.approval_secret)
+    _check_answers(seal, call)  # and again just before the tool runs
     # Every attempt is journaled, a re-run too: a crash during it must again count as unknown.
-    await session.add_items([{"journal": "started", "call": call.id, "args": _jsonable(args)}])
+    await session.add_items([seal.sign({"journal": "started", "call": call.id, "args": _jsonable(args)})])
     call.started, call.started_args = True, args
     call.interrupt, call.decision, call.decided = None, None, []
     if handoff is not None:
@@ -152,6 +168,7 @@ async def _resume_started(
     A handoff resumes inside its delegate. A tool whose outcome is unknown runs again only if it is
     idempotent or a person says so; otherwise it pauses as an ``unknown_outcome`` interruption.
     """
+    check_started(Seal.of(session, ctx.config.approval_secret), call)
     args = call.started_args if call.started_args is not None else base["arguments"]
     tool = agent.get_tool(call.name)
     if agent.get_handoff(call.name) is None and not (tool is not None and tool.idempotent):
@@ -165,6 +182,14 @@ async def _resume_started(
             raise _Stop(_declined_text(call.decision.get("message"), rerun=True))
     ctx.emit({"type": "tool_call", **base, "arguments": args, "args": args, "retry": True})
     return await _call_and_check(agent, session, ctx, call, base, args)
+
+
+def _check_answers(seal: Seal, call: PendingCall) -> None:
+    """Every recorded decision of this attempt answers its own question, unchanged since."""
+    for interrupt, decision in call.decided:
+        check_decision(seal, call, interrupt, decision)
+    if call.interrupt is not None and call.decision is not None:
+        check_decision(seal, call, call.interrupt, call.decision)
 
 
 def _still_pending(ctx: RunContext, call: PendingCall, base: Event, agent: Agent) -> CallOutcome:
@@ -291,7 +316,7 @@ async def _ask(
     agent: Agent, session: Session, ctx: RunContext, call: PendingCall, base: Event, record: dict[str, Any]
 ) -> None:
     """Record the interrupt, then ask the inline handler if there is one, else announce the pause."""
-    await session.add_items([record])
+    await session.add_items([Seal.of(session, ctx.config.approval_secret).sign(record)])
     if call.interrupt is not None and call.decision is not None:
         call.decided.append((call.interrupt, call.decision))
     call.interrupt, call.decision = record, None
@@ -331,10 +356,11 @@ async def _record_decision(
         "approve": decision.approve,
         "message": decision.message,
         "original_args": call.interrupt.get("args"),
+        "interrupt": digest(call.interrupt),
     }
     if decision.args is not None:
         record["args"] = decision.args
-    await session.add_items([record])
+    await session.add_items([Seal.of(session, ctx.config.approval_secret).sign(record)])
     ctx.emit(
         {
             "type": "approval",

@@ -18,7 +18,7 @@ import contextlib
 import secrets
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from .agent import Agent
@@ -27,6 +27,8 @@ from .approvals import (
     Decision,
     Interruption,
     PendingCall,
+    Seal,
+    check_interrupt,
     delegate_received,
     load,
     parse_decision,
@@ -51,7 +53,9 @@ class RunConfig:
     """Options most runs never touch, kept out of ``run_agent``'s signature.
 
     ``history`` may trim what is *sent* to the model (see :func:`timestep.last_messages`); the
-    session always keeps everything. ``lock_timeout`` is how long a run waits for another run of the
+    session always keeps everything. ``approval_secret`` (default: ``$TIMESTEP_APPROVAL_SECRET``)
+    signs the journal records that can make a tool run, so that write access to the store is not
+    enough to approve a call. ``lock_timeout`` is how long a run waits for another run of the
     same conversation (in any process) to finish before it gives up with ``SessionBusyError``.
     """
 
@@ -59,6 +63,7 @@ class RunConfig:
     max_handoff_depth: int = 5
     history: HistoryPolicy | None = None
     lock_timeout: float = 120.0
+    approval_secret: str | bytes | None = field(default=None, repr=False)
 
 
 class RunHandle(Coroutine[Any, Any, Any]):
@@ -193,7 +198,8 @@ def run_agent(
         )
         lock = getattr(session, "lock", None)
         async with lock(cfg.lock_timeout) if lock is not None else contextlib.nullcontext():
-            state = await _check_approvals(agent, session, decisions, bool(messages) and approval_handler is None)
+            has_messages = bool(messages) and approval_handler is None
+            state = await _check_approvals(agent, session, decisions, has_messages, cfg.approval_secret)
             outcome = await _run_level(agent, list(messages), session, ctx, state=state)
         if outcome.status == "interrupted" and outcome.interruptions:
             _announce_pause(session, outcome.interruptions)
@@ -584,16 +590,20 @@ def _call_fields(call: PendingCall, args: dict[str, Any]) -> Event:
     return {"name": call.name, "tool": call.name, "arguments": args, "args": args}
 
 
-async def pending_interruptions(agent: Agent, session: Session) -> list[Interruption]:
+async def pending_interruptions(agent: Agent, session: Session, config: RunConfig | None = None) -> list[Interruption]:
     """The tool calls waiting for a person in this conversation, its delegates' included.
 
     Read from the session alone, so a different process (a web handler, the command line) can show
-    what is pending and then answer with ``run_agent(agent, [], session, approvals=...)``.
+    what is pending and then answer with ``run_agent(agent, [], session, approvals=...)``. A stored
+    question that was changed since it was asked (or, with an approval secret, one not signed with
+    it) is an ``ApprovalError``: a person must never be shown something other than what would run.
     """
+    secret = (config or RunConfig()).approval_secret
     found = []
-    for call, _ in await _pending_interrupts(agent, session, 0):
+    for call, where in await _pending_interrupts(agent, session, 0):
         assert call.interrupt is not None
         record = call.interrupt
+        check_interrupt(Seal.of(where, secret), call, record)
         found.append(
             Interruption(
                 tool_call_id=call.id,
@@ -608,7 +618,7 @@ async def pending_interruptions(agent: Agent, session: Session) -> list[Interrup
 
 
 async def _check_approvals(
-    agent: Agent, session: Session, decisions: dict[str, Decision], has_messages: bool
+    agent: Agent, session: Session, decisions: dict[str, Decision], has_messages: bool, secret: str | bytes | None
 ) -> ConversationState:
     """Refuse, before anything runs, approvals that match no pending call, and messages sent while calls wait."""
     state = replay(*await load(session))
@@ -620,6 +630,7 @@ async def _check_approvals(
             "resume it with run_agent(agent, [], session, approvals={...}) before sending a new message"
         )
     waiting = {p.id: p for p, _ in pending}
+    where = {p.id: s for p, s in pending}
     for cid in decisions:
         p = waiting.get(cid)
         if p is None:
@@ -635,6 +646,7 @@ async def _check_approvals(
                 f"tool call {cid!r} no longer matches the call that was put to the person "
                 "(its arguments changed in the session); refusing to approve it"
             )
+        check_interrupt(Seal.of(where[cid], secret), p, p.interrupt)
     return state
 
 
