@@ -155,7 +155,7 @@ async def test_two_pending_approvals_decided_one_at_a_time(
     items = await session(store).get_items()
     assert valid_for_api(items)
     tool_order = [i["tool_call_id"] for i in items if i.get("role") == "tool"]
-    assert tool_order == ["o2", "o1"]
+    assert tool_order == ["o1", "o2"]  # call order, although o2 finished a run earlier
 
 
 async def test_approval_with_edited_arguments(

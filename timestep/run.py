@@ -371,7 +371,11 @@ async def _append(
 async def _run_calls(
     agent: Agent, session: Session, ctx: RunContext, state: ConversationState, calls: list[PendingCall]
 ) -> list[Interruption]:
-    """Run the calls concurrently; store each result once every earlier call's result is stored."""
+    """Run the calls concurrently; store each result once every earlier call's result is stored.
+
+    Tool messages are stored in call order, always: when a call pauses, the results of the calls
+    after it wait in the journal, and are stored after it once it is answered.
+    """
     import asyncio  # at call time: ``import timestep`` stays light
 
     head: Event = {"agent": agent.name, "depth": ctx.depth}
@@ -381,15 +385,24 @@ async def _run_calls(
     else:
         stored = [asyncio.Event() for _ in calls]
         outcomes = [CallOutcome(None)] * len(calls)
+        held = [False]  # an earlier call paused: later results wait in the journal, so order holds
+
+        async def keep(n: int) -> None:
+            if outcomes[n].content is not None and calls[n].result is None:
+                await session.add_items([{"journal": "result", "call": calls[n].id, "content": outcomes[n].content}])
+                calls[n].result = outcomes[n].content
 
         async def one(n: int) -> None:
             outcomes[n] = await execute_call(agent, session, ctx, calls[n])
-            content = outcomes[n].content
             if n and not stored[n - 1].is_set():
-                if content is not None and calls[n].result is None:  # keep it safe while earlier calls run
-                    await session.add_items([{"journal": "result", "call": calls[n].id, "content": content}])
+                await keep(n)  # safe while earlier calls still run
                 await stored[n - 1].wait()
-            await _store_results(session, ctx, head, state, [calls[n]], [outcomes[n]])
+            if held[0]:
+                await keep(n)
+            elif outcomes[n].content is None:
+                held[0] = True
+            else:
+                await _store_results(session, ctx, head, state, [calls[n]], [outcomes[n]])
             stored[n].set()
 
         try:
