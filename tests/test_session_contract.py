@@ -39,24 +39,42 @@ def user(text: str, **extra: Any) -> dict[str, Any]:
 # -- order, system message, limits ------------------------------------------------------------------
 
 
-async def test_items_come_back_in_order_and_verbatim(store_and_spec: StoreAndSpec) -> None:
+async def test_messages_and_journal_come_back_apart_in_order_and_verbatim(store_and_spec: StoreAndSpec) -> None:
     store, _ = store_and_spec
     session = store.session("assistant", unique(), SYSTEM)
     batches = [
         [user("one", zeta=1, alpha=2)],
         [
             {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
-            {"journal": "started", "call": "c1", "args": {"b": 1, "a": [1, 2.5, None, True]}},
+            {"journal": "started", "call": "c1", "args": {"b": 1, "a": [1, 2.5, None, True], "role": "x"}},
             {"role": "tool", "tool_call_id": "c1", "content": "done"},
         ],
         [{"journal": "interrupt", "z": {"y": {"x": "nested"}}}, user("two")],
     ]
     for batch in batches:
         await session.add_items(batch)
-    expected = [{"role": "system", "content": SYSTEM}, *(item for batch in batches for item in batch)]
-    items = await session.get_items()
-    assert items == expected
-    assert as_json_list(items) == as_json_list(expected)  # key order too
+    everything = [item for batch in batches for item in batch]
+    messages = [{"role": "system", "content": SYSTEM}, *(i for i in everything if "role" in i)]
+    journal = [i for i in everything if "role" not in i]
+    for reader in (session, store.session("assistant", session.conversation_id, SYSTEM)):  # cached and fresh
+        items = await reader.get_items()
+        assert items == messages
+        assert as_json_list(items) == as_json_list(messages)  # key order too
+        assert as_json_list(await reader.get_journal()) == as_json_list(journal)
+    assert await session.get_items(limit=2) == messages[-2:]  # a limit counts messages, not records
+
+
+async def test_a_session_is_named_like_an_agents_sdk_session_and_closes(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    conv = unique()
+    session = store.session("assistant", conv, SYSTEM)
+    assert session.session_id == conv == session.conversation_id
+    await session.add_items([user("before")])
+    await session.close()
+    await session.close()  # idempotent
+    await session.add_items([user("after")])  # still usable: the next call opens what it needs again
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("before"), user("after")]
+    assert await store.session("assistant", conv).get_journal() == []
 
 
 async def test_system_message_is_first_and_reported_before_anything_is_stored(store_and_spec: StoreAndSpec) -> None:
@@ -90,18 +108,25 @@ async def test_limit_returns_the_latest_items_in_order(store_and_spec: StoreAndS
 # -- pop and clear ----------------------------------------------------------------------------------
 
 
-async def test_pop_item_removes_the_latest_but_never_the_system_message(store_and_spec: StoreAndSpec) -> None:
+async def test_pop_item_removes_the_latest_message_with_its_journal_but_never_the_system_message(
+    store_and_spec: StoreAndSpec,
+) -> None:
     store, _ = store_and_spec
     session = store.session("assistant", unique(), SYSTEM)
     assert await session.pop_item() is None  # nothing stored yet
-    await session.add_items([user("a"), {"journal": "started", "call": "x"}, user("b")])
+    await session.add_items([{"journal": "started", "call": "w"}, user("a"), {"journal": "started", "call": "x"}])
+    await session.add_items([user("b"), {"journal": "interrupt", "call": "y"}, {"journal": "decision", "call": "y"}])
     assert await session.pop_item() == user("b")
-    assert await session.pop_item() == {"journal": "started", "call": "x"}
+    assert await session.get_journal() == [{"journal": "started", "call": "w"}, {"journal": "started", "call": "x"}]
     assert await session.pop_item() == user("a")
+    assert await session.get_journal() == [{"journal": "started", "call": "w"}]  # written before any message
     assert await session.pop_item() is None
     assert await session.get_items() == [{"role": "system", "content": SYSTEM}]
     await session.add_items([user("c")])  # appending after pops continues normally
     assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("c")]
+    assert await store.session("assistant", session.conversation_id).get_journal() == [
+        {"journal": "started", "call": "w"}
+    ]
 
 
 async def test_pop_item_without_a_system_message_empties_the_conversation(store_and_spec: StoreAndSpec) -> None:
@@ -131,13 +156,14 @@ async def test_an_emptied_conversation_gets_the_system_message_with_its_next_ite
     assert await bare.get_items() == [{"role": "system", "content": SYSTEM}, user("c"), user("d")]
 
 
-async def test_clear_session_keeps_the_system_message(store_and_spec: StoreAndSpec) -> None:
+async def test_clear_session_keeps_the_system_message_and_drops_the_journal(store_and_spec: StoreAndSpec) -> None:
     store, _ = store_and_spec
     session = store.session("assistant", unique(), SYSTEM)
     await session.clear_session()  # nothing stored: a no-op
-    await session.add_items([user(f"m{n}") for n in range(5)])
+    await session.add_items([user(f"m{n}") for n in range(5)] + [{"journal": "started", "call": "c"}])
     await session.clear_session()
     assert await session.get_items() == [{"role": "system", "content": SYSTEM}]
+    assert await session.get_journal() == []
     await session.add_items([user("after")])
     assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("after")]
     bare = store.session("assistant", unique())
@@ -250,6 +276,52 @@ async def test_two_processes_appending_to_one_conversation(
 
 
 # -- naming, derive, listing, reopening --------------------------------------------------------------
+
+
+ROUND_TRIP_NAMES = [
+    "..",
+    "/",
+    "../../etc/passwd",
+    "a/b\\c",
+    ".hidden",
+    " ",
+    "  spaced  out  ",
+    "tab\tand\nnewline",
+    "\u05e2\u05d1\u05e8\u05d9\u05ea \u202eRTL",
+    "emoji 🤖🎉👩‍👩‍👧",
+    "%41 not an escape",
+    "a~b",
+    "x" * 200,  # the longest name every store takes
+]
+REFUSED_NAMES = ["", "\x00", "nul\x00byte", "\udc80", "lone \ud800 surrogate", "x" * 201, "🤖" * 17]
+
+
+@pytest.mark.parametrize("name", ROUND_TRIP_NAMES, ids=range(len(ROUND_TRIP_NAMES)))
+async def test_hostile_names_round_trip_exactly(store_and_spec: StoreAndSpec, name: str) -> None:
+    store, _ = store_and_spec
+    conv = f"{name[:150]}{unique()}" if len(name) < 150 else name
+    pairs = [(name, unique()), ("assistant", conv)]
+    for agent, conversation in pairs:
+        await store.session(agent, conversation, SYSTEM).add_items([user(f"{agent}/{conversation}")])
+    listed = {(c.agent_name, c.conversation_id) for c in await store.list_conversations()}
+    for agent, conversation in pairs:
+        assert (agent, conversation) in listed
+        again = store.session(agent, conversation)
+        assert (await again.get_items())[1] == user(f"{agent}/{conversation}")
+        assert await store.delete(agent, conversation) is True
+
+
+@pytest.mark.parametrize("name", REFUSED_NAMES, ids=range(len(REFUSED_NAMES)))
+async def test_names_no_store_can_round_trip_are_refused_when_the_session_is_made(
+    store_and_spec: StoreAndSpec, name: str
+) -> None:
+    from timestep import SessionNameError
+
+    store, _ = store_and_spec
+    with pytest.raises(SessionNameError):
+        store.session(name, "conv")
+    with pytest.raises(SessionNameError):
+        store.session("assistant", name)
 
 
 async def test_same_conversation_id_under_two_agents_is_two_conversations(store_and_spec: StoreAndSpec) -> None:
@@ -784,9 +856,9 @@ async def test_two_resumes_of_one_approval_run_the_tool_once(
     done = next(o for o in outcomes if isinstance(o, dict))
     assert done["status"] == "completed" and done["final_output"] == "Sent 5 to bob."
     assert ledger.read_text().splitlines() == ['{"to": "bob", "amount": 5}']
-    items = await store.session("Payer", conv).get_items()
-    assert sum(1 for i in items if i.get("journal") == "decision") == 1
-    assert sum(1 for i in items if i.get("journal") == "started") == 1
+    journal = await store.session("Payer", conv).get_journal()
+    assert sum(1 for i in journal if i.get("journal") == "decision") == 1
+    assert sum(1 for i in journal if i.get("journal") == "started") == 1
 
 
 RESUMER = """

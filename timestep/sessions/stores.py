@@ -16,8 +16,6 @@ Spellings, following the ``file:`` URI convention SQLite itself uses:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import importlib.util
 import os
 import re
@@ -83,32 +81,10 @@ class FileStore(Store):
         return await asyncio.to_thread(FileSession.list_conversations, self.storage_dir)
 
     async def delete(self, agent_name: str, conversation_id: str) -> bool:
-        path = FileSession(agent_name, conversation_id, None, self.storage_dir).path
-        return await asyncio.to_thread(_delete_file, path)
+        return await self.session(agent_name, conversation_id).delete_conversation()
 
     def describe(self) -> str:
         return f"folder {self.storage_dir.resolve()} (one JSONL file per agent and conversation)"
-
-
-def _delete_file(path: Path) -> bool:
-    """Unlink under the writers' lock, so a conversation is never deleted halfway through an append."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return False
-    finally:
-        os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        Path(str(path) + ".torn").unlink()
-    with contextlib.suppress(OSError):
-        path.parent.rmdir()  # only succeeds when no other conversation of this agent is left
-    return True
 
 
 class SQLiteStore(Store):
