@@ -1005,3 +1005,56 @@ async def test_postgres_tables_from_before_leases_get_them_on_first_use() -> Non
         await PostgresSession.close_pools()
         await db.close()
         await asyncio.to_thread(drop_tables, url, prefix)
+
+
+# -- SQLite: what stays open, and nothing done by the garbage collector ---------------------------
+
+MANY_DATABASES = """
+import asyncio, gc, os, sys, tempfile
+from pathlib import Path
+from timestep.sessions import SQLiteSession
+
+async def main(root, files, rounds):
+    gc.set_threshold(50, 1, 1)  # collect cycles often, so a collection lands inside a thread-pool submit
+    for _ in range(rounds):
+        for n in range(files):
+            session = SQLiteSession("a", "c", None, root / f"{n}.db")
+            session.cycle = session  # only the cycle collector frees it
+            await session.add_items([{"role": "user", "content": "hi"}])
+    gc.collect()
+    open_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    print(len([f for f in open_files if f.endswith(".db")]), flush=True)
+
+asyncio.run(main(Path(tempfile.mkdtemp()), int(sys.argv[1]), int(sys.argv[2])))
+"""
+
+
+def test_sqlite_sessions_on_many_files_never_hang_and_keep_few_open() -> None:
+    """More files than stay open, sessions freed by the cycle collector: it once deadlocked at once."""
+    import subprocess
+    import sys
+
+    from timestep.sessions import sqlite as sqlite_store
+
+    proc = subprocess.run(
+        [sys.executable, "-c", MANY_DATABASES, "40", "15"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.strip()) <= sqlite_store.KEEP_OPEN
+
+
+async def test_sqlite_close_releases_the_connection_and_its_thread(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "c.db"
+    session = SQLiteSession("assistant", "conv", SYSTEM, path)
+    await session.add_items([user("hi")])
+
+    def open_here() -> bool:
+        return any(os.path.realpath(f"/proc/self/fd/{fd}") == str(path) for fd in os.listdir("/proc/self/fd"))
+
+    assert open_here()
+    await session.close()
+    await asyncio.sleep(0.05)  # the worker thread ends after closing the connection
+    assert not open_here()
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("hi")]  # opens again
