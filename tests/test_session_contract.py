@@ -400,6 +400,28 @@ async def test_delete_removes_a_conversation_completely(store_and_spec: StoreAnd
     assert await store.session("assistant", other).get_items() == [{"role": "system", "content": SYSTEM}, user("stay")]
 
 
+async def test_deleting_with_delegates_takes_only_its_own_delegates(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    victim = unique("victim")
+    own = [("A", victim), ("B", f"{victim}~a"), ("C", f"{victim}~a~b"), ("D", f"{victim}~a~b~c")]
+    others = [
+        ("Other", f"{victim}~abc"),  # another agent whose slug starts like A's
+        ("B", f"{victim}~ab"),
+        ("B", f"{victim}~other"),  # the delegate of another agent's side of the conversation
+        ("Other", victim),
+        ("A", f"{victim}x"),
+        ("A", f"x{victim}~a"),
+    ]
+    for agent, conversation in own + others:
+        await store.session(agent, conversation).add_items([user("hi")])
+    delegates = {(c.agent_name, c.conversation_id) for c in await store.delegates("A", victim)}
+    assert delegates == set(own[1:])
+    deleted = await store.delete_with_delegates("A", victim)
+    assert {(c.agent_name, c.conversation_id) for c in deleted} == set(own)
+    left = {(c.agent_name, c.conversation_id) for c in await store.list_conversations()}
+    assert set(others) <= left and not set(own) & left
+
+
 async def test_describe_names_the_store(store_and_spec: StoreAndSpec) -> None:
     store, _ = store_and_spec
     text = store.describe()
