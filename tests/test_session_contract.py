@@ -1080,3 +1080,160 @@ async def test_sqlite_close_releases_the_connection_and_its_thread(tmp_path: Pat
     await asyncio.sleep(0.05)  # the worker thread ends after closing the connection
     assert not open_here()
     assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("hi")]  # opens again
+
+
+# -- the database stores' promises, checked in the database itself -------------------------------
+
+DB_KINDS = ["sqlite", "postgres"]
+
+
+async def _db_execute(kind: str, spec: str, statement: str, *args: Any, prefix: str = "") -> list[Any]:
+    """Run one statement on a connection of the test's own, outside the store: what the database holds."""
+    if kind == "sqlite":
+        db = sqlite3.connect(spec[len("sqlite://") :], isolation_level=None)
+        try:
+            return db.execute(statement.replace("{p}", ""), args).fetchall()
+        finally:
+            db.close()
+    import asyncpg
+
+    conn = await asyncpg.connect(spec)
+    try:
+        return list(await conn.fetch(statement.replace("{p}", prefix), *args))
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def db_store(request: pytest.FixtureRequest, tmp_path: Path, pg_prefix: str) -> Any:
+    store, spec = fixtures.make_store(request.param, tmp_path, pg_prefix)
+    try:
+        yield request.param, store, spec, pg_prefix
+    finally:
+        await store.aclose()
+
+
+def _param(kind: str) -> str:
+    return "?" if kind == "sqlite" else "$1"
+
+
+@pytest.mark.parametrize("db_store", DB_KINDS, indirect=True)
+async def test_giving_a_lock_back_leaves_a_lease_another_run_took(db_store: Any) -> None:
+    kind, store, spec, prefix = db_store
+    conv = unique()
+    async with store.session("assistant", conv).lock(timeout=5):
+        # As if this run's lease had expired and another run had taken the conversation over.
+        where = f"WHERE conversation_id = {_param(kind)}"
+        await _db_execute(kind, spec, f"UPDATE {{p}}leases SET owner = 'another run' {where}", conv, prefix=prefix)
+    rows = await _db_execute(kind, spec, f"SELECT owner FROM {{p}}leases {where}", conv, prefix=prefix)
+    assert [tuple(r) for r in rows] == [("another run",)]
+
+
+@pytest.mark.parametrize("db_store", DB_KINDS, indirect=True)
+async def test_a_waiter_cancelled_while_taking_the_lock_gives_back_what_it_got(db_store: Any) -> None:
+    _, store, _, _ = db_store
+    conv = unique()
+    session = store.session("assistant", conv)
+    await session.get_items()  # connected: the take below is the only work in flight
+    for n in range(12):  # cancelled at different points of the take, some after it went through
+        cm = session.lock(timeout=5)
+        task = asyncio.create_task(cm.__aenter__())
+        await asyncio.sleep(n * 0.0004)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if not task.cancelled():
+            await cm.__aexit__(None, None, None)
+        async with store.session("assistant", conv).lock(timeout=3):  # the lease lives 15 s if kept
+            pass
+
+
+@pytest.mark.parametrize("db_store", DB_KINDS, indirect=True)
+async def test_a_batch_that_fails_in_the_database_stores_nothing(db_store: Any) -> None:
+    from timestep import SessionError
+
+    kind, store, spec, prefix = db_store
+    existing = store.session("assistant", unique(), SYSTEM)
+    await existing.add_items([user("before")])
+    if kind == "sqlite":
+        trigger = (
+            "CREATE TRIGGER poison BEFORE INSERT ON items WHEN NEW.data LIKE '%poison%' "
+            "BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+        )
+        untrigger = "DROP TRIGGER poison"
+    else:
+        trigger = (
+            "CREATE OR REPLACE FUNCTION {p}poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.data LIKE '%poison%' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER poison BEFORE INSERT ON {p}items FOR EACH ROW EXECUTE FUNCTION {p}poison()",
+        )
+        untrigger = "DROP TRIGGER poison ON {p}items"
+    for statement in trigger:
+        await _db_execute(kind, spec, statement, prefix=prefix)
+    try:
+        fresh = store.session("assistant", unique(), SYSTEM)
+        for session in (existing, fresh):
+            before = await session.get_items()
+            with pytest.raises(SessionError):
+                await session.add_items([user("kept?"), {"journal": "started", "call": "c"}, user("poison")])
+            assert await store.session("assistant", session.conversation_id, SYSTEM).get_items() == before
+            assert await store.session("assistant", session.conversation_id).get_journal() == []
+    finally:
+        await _db_execute(kind, spec, untrigger, prefix=prefix)
+    await existing.add_items([user("after")])  # the numbering was not disturbed
+    assert await existing.get_items() == [{"role": "system", "content": SYSTEM}, user("before"), user("after")]
+
+
+async def _sqlite_connection_of(path: Path) -> tuple[Any, Any]:
+    from timestep.sessions import sqlite as sqlite_store
+
+    return sqlite_store, sqlite_store._acquire(path.resolve())
+
+
+async def test_sqlite_changes_take_the_write_lock_first_and_sync_normally(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    session = SQLiteSession("assistant", "conv", SYSTEM, path)
+    await session.get_items()
+    sqlite_store, db = await _sqlite_connection_of(path)
+    statements: list[str] = []
+    try:
+        # What the store's own connection runs, as SQLite reports it.
+        assert await db.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 1  # NORMAL
+        assert await db.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+        await db.run(lambda c: c.set_trace_callback(statements.append))
+        await session.add_items([user("a"), {"journal": "started", "call": "c"}])
+        await session.add_items([user("b")])
+        await session.pop_item()
+        await session.clear_session()
+        async with session.lock(timeout=5):
+            pass
+        await db.run(lambda c: c.set_trace_callback(None))
+    finally:
+        sqlite_store._release(db)
+    begins = [s for s in statements if s.startswith("BEGIN")]
+    assert len(begins) >= 6 and set(begins) == {"BEGIN IMMEDIATE"}, begins
+    open_tx = False
+    for s in statements:  # every change runs inside one of them
+        open_tx = s.startswith("BEGIN") or (open_tx and s not in ("COMMIT", "ROLLBACK"))
+        if s.split(" ", 1)[0] in ("INSERT", "UPDATE", "DELETE"):
+            assert open_tx, s
+
+
+async def test_sqlite_retries_a_database_is_locked_answered_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from timestep.sessions import sqlite as sqlite_store
+
+    path = tmp_path / "c.db"
+    sqlite_store.open_connection(path).close()
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_SECONDS", 0.0)  # every wait for a lock is an instant refusal
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+        session = SQLiteSession("assistant", "conv", SYSTEM, path)
+        await asyncio.wait_for(session.add_items([user("waited")]), 60)
+    finally:
+        other.close()
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("waited")]
+    await session.close()
