@@ -230,8 +230,9 @@ async def test_text_that_is_not_utf8_and_arguments_json_cannot_store(
     assert result["status"] == "completed"
     assert result["tool_calls"][0]["result"] == '["report-2026-01-02-\\udcff.txt"]'
     items = await FileSession("Files", "odd", None, store).get_items()
+    journal = await FileSession("Files", "odd", None, store).get_journal()
     assert valid_for_api(items) and any(
-        i.get("journal") == "started" and i["args"] == {"day": "2026-01-02"} for i in items
+        i.get("journal") == "started" and i["args"] == {"day": "2026-01-02"} for i in journal
     )
 
 

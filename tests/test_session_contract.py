@@ -39,24 +39,42 @@ def user(text: str, **extra: Any) -> dict[str, Any]:
 # -- order, system message, limits ------------------------------------------------------------------
 
 
-async def test_items_come_back_in_order_and_verbatim(store_and_spec: StoreAndSpec) -> None:
+async def test_messages_and_journal_come_back_apart_in_order_and_verbatim(store_and_spec: StoreAndSpec) -> None:
     store, _ = store_and_spec
     session = store.session("assistant", unique(), SYSTEM)
     batches = [
         [user("one", zeta=1, alpha=2)],
         [
             {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
-            {"journal": "started", "call": "c1", "args": {"b": 1, "a": [1, 2.5, None, True]}},
+            {"journal": "started", "call": "c1", "args": {"b": 1, "a": [1, 2.5, None, True], "role": "x"}},
             {"role": "tool", "tool_call_id": "c1", "content": "done"},
         ],
         [{"journal": "interrupt", "z": {"y": {"x": "nested"}}}, user("two")],
     ]
     for batch in batches:
         await session.add_items(batch)
-    expected = [{"role": "system", "content": SYSTEM}, *(item for batch in batches for item in batch)]
-    items = await session.get_items()
-    assert items == expected
-    assert as_json_list(items) == as_json_list(expected)  # key order too
+    everything = [item for batch in batches for item in batch]
+    messages = [{"role": "system", "content": SYSTEM}, *(i for i in everything if "role" in i)]
+    journal = [i for i in everything if "role" not in i]
+    for reader in (session, store.session("assistant", session.conversation_id, SYSTEM)):  # cached and fresh
+        items = await reader.get_items()
+        assert items == messages
+        assert as_json_list(items) == as_json_list(messages)  # key order too
+        assert as_json_list(await reader.get_journal()) == as_json_list(journal)
+    assert await session.get_items(limit=2) == messages[-2:]  # a limit counts messages, not records
+
+
+async def test_a_session_is_named_like_an_agents_sdk_session_and_closes(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    conv = unique()
+    session = store.session("assistant", conv, SYSTEM)
+    assert session.session_id == conv == session.conversation_id
+    await session.add_items([user("before")])
+    await session.close()
+    await session.close()  # idempotent
+    await session.add_items([user("after")])  # still usable: the next call opens what it needs again
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("before"), user("after")]
+    assert await store.session("assistant", conv).get_journal() == []
 
 
 async def test_system_message_is_first_and_reported_before_anything_is_stored(store_and_spec: StoreAndSpec) -> None:
@@ -90,18 +108,25 @@ async def test_limit_returns_the_latest_items_in_order(store_and_spec: StoreAndS
 # -- pop and clear ----------------------------------------------------------------------------------
 
 
-async def test_pop_item_removes_the_latest_but_never_the_system_message(store_and_spec: StoreAndSpec) -> None:
+async def test_pop_item_removes_the_latest_message_with_its_journal_but_never_the_system_message(
+    store_and_spec: StoreAndSpec,
+) -> None:
     store, _ = store_and_spec
     session = store.session("assistant", unique(), SYSTEM)
     assert await session.pop_item() is None  # nothing stored yet
-    await session.add_items([user("a"), {"journal": "started", "call": "x"}, user("b")])
+    await session.add_items([{"journal": "started", "call": "w"}, user("a"), {"journal": "started", "call": "x"}])
+    await session.add_items([user("b"), {"journal": "interrupt", "call": "y"}, {"journal": "decision", "call": "y"}])
     assert await session.pop_item() == user("b")
-    assert await session.pop_item() == {"journal": "started", "call": "x"}
+    assert await session.get_journal() == [{"journal": "started", "call": "w"}, {"journal": "started", "call": "x"}]
     assert await session.pop_item() == user("a")
+    assert await session.get_journal() == [{"journal": "started", "call": "w"}]  # written before any message
     assert await session.pop_item() is None
     assert await session.get_items() == [{"role": "system", "content": SYSTEM}]
     await session.add_items([user("c")])  # appending after pops continues normally
     assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("c")]
+    assert await store.session("assistant", session.conversation_id).get_journal() == [
+        {"journal": "started", "call": "w"}
+    ]
 
 
 async def test_pop_item_without_a_system_message_empties_the_conversation(store_and_spec: StoreAndSpec) -> None:
@@ -131,13 +156,14 @@ async def test_an_emptied_conversation_gets_the_system_message_with_its_next_ite
     assert await bare.get_items() == [{"role": "system", "content": SYSTEM}, user("c"), user("d")]
 
 
-async def test_clear_session_keeps_the_system_message(store_and_spec: StoreAndSpec) -> None:
+async def test_clear_session_keeps_the_system_message_and_drops_the_journal(store_and_spec: StoreAndSpec) -> None:
     store, _ = store_and_spec
     session = store.session("assistant", unique(), SYSTEM)
     await session.clear_session()  # nothing stored: a no-op
-    await session.add_items([user(f"m{n}") for n in range(5)])
+    await session.add_items([user(f"m{n}") for n in range(5)] + [{"journal": "started", "call": "c"}])
     await session.clear_session()
     assert await session.get_items() == [{"role": "system", "content": SYSTEM}]
+    assert await session.get_journal() == []
     await session.add_items([user("after")])
     assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("after")]
     bare = store.session("assistant", unique())
@@ -252,6 +278,52 @@ async def test_two_processes_appending_to_one_conversation(
 # -- naming, derive, listing, reopening --------------------------------------------------------------
 
 
+ROUND_TRIP_NAMES = [
+    "..",
+    "/",
+    "../../etc/passwd",
+    "a/b\\c",
+    ".hidden",
+    " ",
+    "  spaced  out  ",
+    "tab\tand\nnewline",
+    "\u05e2\u05d1\u05e8\u05d9\u05ea \u202eRTL",
+    "emoji 🤖🎉👩‍👩‍👧",
+    "%41 not an escape",
+    "a~b",
+    "x" * 200,  # the longest name every store takes
+]
+REFUSED_NAMES = ["", "\x00", "nul\x00byte", "\udc80", "lone \ud800 surrogate", "x" * 201, "🤖" * 17]
+
+
+@pytest.mark.parametrize("name", ROUND_TRIP_NAMES, ids=range(len(ROUND_TRIP_NAMES)))
+async def test_hostile_names_round_trip_exactly(store_and_spec: StoreAndSpec, name: str) -> None:
+    store, _ = store_and_spec
+    conv = f"{name[:150]}{unique()}" if len(name) < 150 else name
+    pairs = [(name, unique()), ("assistant", conv)]
+    for agent, conversation in pairs:
+        await store.session(agent, conversation, SYSTEM).add_items([user(f"{agent}/{conversation}")])
+    listed = {(c.agent_name, c.conversation_id) for c in await store.list_conversations()}
+    for agent, conversation in pairs:
+        assert (agent, conversation) in listed
+        again = store.session(agent, conversation)
+        assert (await again.get_items())[1] == user(f"{agent}/{conversation}")
+        assert await store.delete(agent, conversation) is True
+
+
+@pytest.mark.parametrize("name", REFUSED_NAMES, ids=range(len(REFUSED_NAMES)))
+async def test_names_no_store_can_round_trip_are_refused_when_the_session_is_made(
+    store_and_spec: StoreAndSpec, name: str
+) -> None:
+    from timestep import SessionNameError
+
+    store, _ = store_and_spec
+    with pytest.raises(SessionNameError):
+        store.session(name, "conv")
+    with pytest.raises(SessionNameError):
+        store.session("assistant", name)
+
+
 async def test_same_conversation_id_under_two_agents_is_two_conversations(store_and_spec: StoreAndSpec) -> None:
     store, _ = store_and_spec
     conv = unique()
@@ -326,6 +398,28 @@ async def test_delete_removes_a_conversation_completely(store_and_spec: StoreAnd
     await fresh.add_items([user("again")])
     assert await fresh.get_items() == [{"role": "system", "content": "new instructions"}, user("again")]
     assert await store.session("assistant", other).get_items() == [{"role": "system", "content": SYSTEM}, user("stay")]
+
+
+async def test_deleting_with_delegates_takes_only_its_own_delegates(store_and_spec: StoreAndSpec) -> None:
+    store, _ = store_and_spec
+    victim = unique("victim")
+    own = [("A", victim), ("B", f"{victim}~a"), ("C", f"{victim}~a~b"), ("D", f"{victim}~a~b~c")]
+    others = [
+        ("Other", f"{victim}~abc"),  # another agent whose slug starts like A's
+        ("B", f"{victim}~ab"),
+        ("B", f"{victim}~other"),  # the delegate of another agent's side of the conversation
+        ("Other", victim),
+        ("A", f"{victim}x"),
+        ("A", f"x{victim}~a"),
+    ]
+    for agent, conversation in own + others:
+        await store.session(agent, conversation).add_items([user("hi")])
+    delegates = {(c.agent_name, c.conversation_id) for c in await store.delegates("A", victim)}
+    assert delegates == set(own[1:])
+    deleted = await store.delete_with_delegates("A", victim)
+    assert {(c.agent_name, c.conversation_id) for c in deleted} == set(own)
+    left = {(c.agent_name, c.conversation_id) for c in await store.list_conversations()}
+    assert set(others) <= left and not set(own) & left
 
 
 async def test_describe_names_the_store(store_and_spec: StoreAndSpec) -> None:
@@ -784,9 +878,9 @@ async def test_two_resumes_of_one_approval_run_the_tool_once(
     done = next(o for o in outcomes if isinstance(o, dict))
     assert done["status"] == "completed" and done["final_output"] == "Sent 5 to bob."
     assert ledger.read_text().splitlines() == ['{"to": "bob", "amount": 5}']
-    items = await store.session("Payer", conv).get_items()
-    assert sum(1 for i in items if i.get("journal") == "decision") == 1
-    assert sum(1 for i in items if i.get("journal") == "started") == 1
+    journal = await store.session("Payer", conv).get_journal()
+    assert sum(1 for i in journal if i.get("journal") == "decision") == 1
+    assert sum(1 for i in journal if i.get("journal") == "started") == 1
 
 
 RESUMER = """
@@ -933,3 +1027,213 @@ async def test_postgres_tables_from_before_leases_get_them_on_first_use() -> Non
         await PostgresSession.close_pools()
         await db.close()
         await asyncio.to_thread(drop_tables, url, prefix)
+
+
+# -- SQLite: what stays open, and nothing done by the garbage collector ---------------------------
+
+MANY_DATABASES = """
+import asyncio, gc, os, sys, tempfile
+from pathlib import Path
+from timestep.sessions import SQLiteSession
+
+async def main(root, files, rounds):
+    gc.set_threshold(50, 1, 1)  # collect cycles often, so a collection lands inside a thread-pool submit
+    for _ in range(rounds):
+        for n in range(files):
+            session = SQLiteSession("a", "c", None, root / f"{n}.db")
+            session.cycle = session  # only the cycle collector frees it
+            await session.add_items([{"role": "user", "content": "hi"}])
+    gc.collect()
+    open_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    print(len([f for f in open_files if f.endswith(".db")]), flush=True)
+
+asyncio.run(main(Path(tempfile.mkdtemp()), int(sys.argv[1]), int(sys.argv[2])))
+"""
+
+
+def test_sqlite_sessions_on_many_files_never_hang_and_keep_few_open() -> None:
+    """More files than stay open, sessions freed by the cycle collector: it once deadlocked at once."""
+    import subprocess
+    import sys
+
+    from timestep.sessions import sqlite as sqlite_store
+
+    proc = subprocess.run(
+        [sys.executable, "-c", MANY_DATABASES, "40", "15"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.strip()) <= sqlite_store.KEEP_OPEN
+
+
+async def test_sqlite_close_releases_the_connection_and_its_thread(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "c.db"
+    session = SQLiteSession("assistant", "conv", SYSTEM, path)
+    await session.add_items([user("hi")])
+
+    def open_here() -> bool:
+        return any(os.path.realpath(f"/proc/self/fd/{fd}") == str(path) for fd in os.listdir("/proc/self/fd"))
+
+    assert open_here()
+    await session.close()
+    await asyncio.sleep(0.05)  # the worker thread ends after closing the connection
+    assert not open_here()
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("hi")]  # opens again
+
+
+# -- the database stores' promises, checked in the database itself -------------------------------
+
+DB_KINDS = ["sqlite", "postgres"]
+
+
+async def _db_execute(kind: str, spec: str, statement: str, *args: Any, prefix: str = "") -> list[Any]:
+    """Run one statement on a connection of the test's own, outside the store: what the database holds."""
+    if kind == "sqlite":
+        db = sqlite3.connect(spec[len("sqlite://") :], isolation_level=None)
+        try:
+            return db.execute(statement.replace("{p}", ""), args).fetchall()
+        finally:
+            db.close()
+    import asyncpg
+
+    conn = await asyncpg.connect(spec)
+    try:
+        return list(await conn.fetch(statement.replace("{p}", prefix), *args))
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def db_store(request: pytest.FixtureRequest, tmp_path: Path, pg_prefix: str) -> Any:
+    store, spec = fixtures.make_store(request.param, tmp_path, pg_prefix)
+    try:
+        yield request.param, store, spec, pg_prefix
+    finally:
+        await store.aclose()
+
+
+def _param(kind: str) -> str:
+    return "?" if kind == "sqlite" else "$1"
+
+
+@pytest.mark.parametrize("db_store", DB_KINDS, indirect=True)
+async def test_giving_a_lock_back_leaves_a_lease_another_run_took(db_store: Any) -> None:
+    kind, store, spec, prefix = db_store
+    conv = unique()
+    async with store.session("assistant", conv).lock(timeout=5):
+        # As if this run's lease had expired and another run had taken the conversation over.
+        where = f"WHERE conversation_id = {_param(kind)}"
+        await _db_execute(kind, spec, f"UPDATE {{p}}leases SET owner = 'another run' {where}", conv, prefix=prefix)
+    rows = await _db_execute(kind, spec, f"SELECT owner FROM {{p}}leases {where}", conv, prefix=prefix)
+    assert [tuple(r) for r in rows] == [("another run",)]
+
+
+@pytest.mark.parametrize("db_store", DB_KINDS, indirect=True)
+async def test_a_waiter_cancelled_while_taking_the_lock_gives_back_what_it_got(db_store: Any) -> None:
+    _, store, _, _ = db_store
+    conv = unique()
+    session = store.session("assistant", conv)
+    await session.get_items()  # connected: the take below is the only work in flight
+    for n in range(12):  # cancelled at different points of the take, some after it went through
+        cm = session.lock(timeout=5)
+        task = asyncio.create_task(cm.__aenter__())
+        await asyncio.sleep(n * 0.0004)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if not task.cancelled():
+            await cm.__aexit__(None, None, None)
+        async with store.session("assistant", conv).lock(timeout=3):  # the lease lives 15 s if kept
+            pass
+
+
+@pytest.mark.parametrize("db_store", DB_KINDS, indirect=True)
+async def test_a_batch_that_fails_in_the_database_stores_nothing(db_store: Any) -> None:
+    from timestep import SessionError
+
+    kind, store, spec, prefix = db_store
+    existing = store.session("assistant", unique(), SYSTEM)
+    await existing.add_items([user("before")])
+    if kind == "sqlite":
+        trigger = (
+            "CREATE TRIGGER poison BEFORE INSERT ON items WHEN NEW.data LIKE '%poison%' "
+            "BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+        )
+        untrigger = "DROP TRIGGER poison"
+    else:
+        trigger = (
+            "CREATE OR REPLACE FUNCTION {p}poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.data LIKE '%poison%' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER poison BEFORE INSERT ON {p}items FOR EACH ROW EXECUTE FUNCTION {p}poison()",
+        )
+        untrigger = "DROP TRIGGER poison ON {p}items"
+    for statement in trigger:
+        await _db_execute(kind, spec, statement, prefix=prefix)
+    try:
+        fresh = store.session("assistant", unique(), SYSTEM)
+        for session in (existing, fresh):
+            before = await session.get_items()
+            with pytest.raises(SessionError):
+                await session.add_items([user("kept?"), {"journal": "started", "call": "c"}, user("poison")])
+            assert await store.session("assistant", session.conversation_id, SYSTEM).get_items() == before
+            assert await store.session("assistant", session.conversation_id).get_journal() == []
+    finally:
+        await _db_execute(kind, spec, untrigger, prefix=prefix)
+    await existing.add_items([user("after")])  # the numbering was not disturbed
+    assert await existing.get_items() == [{"role": "system", "content": SYSTEM}, user("before"), user("after")]
+
+
+async def _sqlite_connection_of(path: Path) -> tuple[Any, Any]:
+    from timestep.sessions import sqlite as sqlite_store
+
+    return sqlite_store, sqlite_store._acquire(path.resolve())
+
+
+async def test_sqlite_changes_take_the_write_lock_first_and_sync_normally(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    session = SQLiteSession("assistant", "conv", SYSTEM, path)
+    await session.get_items()
+    sqlite_store, db = await _sqlite_connection_of(path)
+    statements: list[str] = []
+    try:
+        # What the store's own connection runs, as SQLite reports it.
+        assert await db.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 1  # NORMAL
+        assert await db.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+        await db.run(lambda c: c.set_trace_callback(statements.append))
+        await session.add_items([user("a"), {"journal": "started", "call": "c"}])
+        await session.add_items([user("b")])
+        await session.pop_item()
+        await session.clear_session()
+        async with session.lock(timeout=5):
+            pass
+        await db.run(lambda c: c.set_trace_callback(None))
+    finally:
+        sqlite_store._release(db)
+    begins = [s for s in statements if s.startswith("BEGIN")]
+    assert len(begins) >= 6 and set(begins) == {"BEGIN IMMEDIATE"}, begins
+    open_tx = False
+    for s in statements:  # every change runs inside one of them
+        open_tx = s.startswith("BEGIN") or (open_tx and s not in ("COMMIT", "ROLLBACK"))
+        if s.split(" ", 1)[0] in ("INSERT", "UPDATE", "DELETE"):
+            assert open_tx, s
+
+
+async def test_sqlite_retries_a_database_is_locked_answered_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from timestep.sessions import sqlite as sqlite_store
+
+    path = tmp_path / "c.db"
+    sqlite_store.open_connection(path).close()
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_SECONDS", 0.0)  # every wait for a lock is an instant refusal
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+        session = SQLiteSession("assistant", "conv", SYSTEM, path)
+        await asyncio.wait_for(session.add_items([user("waited")]), 60)
+    finally:
+        other.close()
+    assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("waited")]
+    await session.close()

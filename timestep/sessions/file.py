@@ -15,8 +15,13 @@ How it keeps every message, and keeps appends cheap:
   silent drop.
 * **Safe names.** Agent names and conversation ids are percent-encoded into file names (only ASCII
   letters, digits, ``-``, ``_``, ``~`` and a ``.`` that is not the first character pass through), so
-  ``..``, ``/``, ``\\`` or NUL can never leave ``storage_dir``, names with spaces work, and the
-  original names can be listed back.
+  ``..``, ``/`` or ``\\`` can never leave ``storage_dir``, names with spaces work, and the
+  original names can be listed back. Names every store refuses (NUL, lone surrogates, too long:
+  :func:`~timestep.sessions.base.check_names`) are refused here too.
+* **Messages and journal in one file.** Journal records are lines like any other, so one append
+  writes a message and its record together; reads split them (a line with a ``role`` is a message).
+* **One file per conversation.** The run lock (``lock()``) is an open-file-description lock on a
+  byte far past the end of the ``.jsonl`` itself, not a second file.
 * **A read cache.** Each session remembers what it has parsed and the file's size; the next read
   parses only the bytes appended since (by anyone), so a long conversation is parsed once.
 * **The event loop stays free.** Small operations (the common case: a lock that is free and a few
@@ -33,6 +38,7 @@ import errno
 import fcntl
 import json
 import os
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -40,13 +46,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..exceptions import SessionBusyError, SessionCorruptError, SessionNameError, SessionUnavailableError
-from .base import ConversationInfo, Item, system_item
+from .base import ConversationInfo, Item, check_names, encode_name, is_message, system_item
 
 T = TypeVar("T")
 
-_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_~")
-_MAX_NAME = 200
 _INLINE_READ_LIMIT = 256 * 1024
+_RUN_LOCK_BYTE = 1 << 62  # far past any data: locking a byte beyond the end of a file is allowed
 _TAIL = 256
 
 
@@ -54,28 +59,10 @@ class _WouldBlock(Exception):
     """An operation that should not run on the event loop thread; retry it in a worker thread."""
 
 
-def encode_name(name: str, what: str) -> str:
-    """Percent-encode a name into one safe path component (reversible with :func:`decode_name`)."""
-    if not isinstance(name, str) or not name:
-        raise SessionNameError(f"{what} must be a non-empty string, got {name!r}")
-    out = []
-    for n, ch in enumerate(name):
-        if ch in _SAFE or (ch == "." and n > 0):  # a leading dot could make '.', '..' or a hidden file
-            out.append(ch)
-        else:
-            out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
-    encoded = "".join(out)
-    if len(encoded) > _MAX_NAME:
-        raise SessionNameError(
-            f"{what} is too long to name a file ({len(encoded)} characters once encoded, at most {_MAX_NAME})"
-        )
-    return encoded
-
-
 def decode_name(encoded: str) -> str:
     from urllib.parse import unquote
 
-    return unquote(encoded, errors="surrogateescape")
+    return unquote(encoded, errors="replace")  # names are checked valid UTF-8 when written
 
 
 class FileSession:
@@ -90,6 +77,7 @@ class FileSession:
         *,
         fsync: bool = False,
     ) -> None:
+        check_names(agent_name, conversation_id)
         self.agent_name = agent_name
         self.conversation_id = conversation_id
         self.agent_instructions = agent_instructions
@@ -109,6 +97,11 @@ class FileSession:
     def __repr__(self) -> str:
         return f"FileSession({self.agent_name!r}, {self.conversation_id!r}, storage_dir={str(self.storage_dir)!r})"
 
+    @property
+    def session_id(self) -> str:
+        """The conversation id, as the OpenAI Agents SDK's Session protocol names it."""
+        return self.conversation_id
+
     def derive(self, agent_name: str, conversation_id: str, agent_instructions: str | None) -> FileSession:
         # The resolved folder: a delegate's file must not move if the working directory changes.
         return FileSession(agent_name, conversation_id, agent_instructions, self.path.parent.parent, fsync=self.fsync)
@@ -117,31 +110,32 @@ class FileSession:
 
     @contextlib.asynccontextmanager
     async def lock(self, timeout: float = 120.0) -> AsyncIterator[None]:
-        """Hold this conversation for one run, across processes: ``flock`` on ``<file>.lock``.
+        """Hold this conversation for one run, across processes and within one.
 
-        A lock file of its own, because the data file's lock is taken and released around every
-        append of the run itself. The kernel drops the lock when a holder dies, so a crash never
-        leaves a conversation stuck.
+        An open-file-description lock (``F_OFD_SETLK``) on one byte far past the end of the
+        conversation's own ``.jsonl``, so opening a conversation creates one file, not two. It is
+        independent of the ``flock`` every append and read takes (Linux keeps the two kinds apart),
+        and, unlike a classic POSIX lock, closing another descriptor of the file (every append does)
+        never drops it, and a second ``open`` in the same process is a second holder that waits. The
+        kernel drops it when the holder's descriptor closes, so a crash never strands the
+        conversation. Where there are no such locks, ``flock`` on a ``<file>.lock`` beside it.
         """
         import asyncio  # at call time: ``import timestep`` stays light
 
-        lock_path = str(self.path) + ".lock"
+        ofd = hasattr(fcntl, "F_OFD_SETLK")
+        lock_path = str(self.path) if ofd else str(self.path) + ".lock"
         fd = self._open_lock(lock_path)
         try:
             deadline = time.monotonic() + timeout
             delay = 0.005
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise SessionBusyError(
-                            f"conversation {self.conversation_id!r} of {self.agent_name!r} is still being run "
-                            f"elsewhere after {timeout:g} s ({lock_path})"
-                        ) from None
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.25)
+            while not _try_lock(fd, ofd):
+                if time.monotonic() >= deadline:
+                    raise SessionBusyError(
+                        f"conversation {self.conversation_id!r} of {self.agent_name!r} is still being run "
+                        f"elsewhere after {timeout:g} s ({lock_path})"
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.25)
             yield
         finally:
             os.close(fd)
@@ -154,8 +148,13 @@ class FileSession:
             return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
 
     async def get_items(self, limit: int | None = None) -> list[Item]:
-        items = await self._run(self._read)
-        return items[-limit:] if limit is not None and limit > 0 else (items if limit is None else [])
+        if limit is not None and limit <= 0:
+            return []
+        messages = [item for item in await self._run(self._read) if is_message(item)]
+        return messages if limit is None else messages[-limit:]
+
+    async def get_journal(self) -> list[Item]:
+        return [item for item in await self._run(self._read) if not is_message(item)]
 
     async def add_items(self, items: list[Item]) -> None:
         if not items:
@@ -173,6 +172,47 @@ class FileSession:
 
     async def clear_session(self) -> None:
         await self._run(self._clear)
+
+    async def delete_conversation(self) -> bool:
+        """Remove the conversation completely (system message included); False if it was not stored.
+
+        Refused with SessionBusyError while a run holds the conversation: its lock lives on the file,
+        and a file unlinked under a run would let the next run lock a new one at the same time.
+        """
+        import asyncio
+
+        return await asyncio.to_thread(self._delete)
+
+    def _delete(self) -> bool:
+        """Unlink under the writers' lock, so a conversation is never deleted halfway through an append."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if hasattr(fcntl, "F_OFD_SETLK") and not _try_lock(fd, True):
+                raise SessionBusyError(
+                    f"conversation {self.conversation_id!r} of {self.agent_name!r} is being run; "
+                    f"not deleted ({self.path})"
+                )
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                return False
+        finally:
+            os.close(fd)
+        for sidecar in (".torn", ".lock"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(str(self.path) + sidecar).unlink()
+        with contextlib.suppress(OSError):
+            self.path.parent.rmdir()  # only succeeds when no other conversation of this agent is left
+        return True
+
+    async def close(self) -> None:
+        """Nothing to release: a FileSession keeps no file open between calls (a held ``lock()``
+        closes its own). Idempotent; the session stays usable afterwards."""
+        return None
 
     async def _run(self, op: Callable[[bool], T]) -> T:
         try:
@@ -306,6 +346,11 @@ class FileSession:
         fd = self._open(os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
             self._lock(fd, fcntl.LOCK_EX, blocking)
+            if os.fstat(fd).st_nlink == 0:  # deleted while we waited: write to the path's new file instead
+                stale, fd = fd, -1
+                os.close(stale)
+                fd = self._open(os.O_RDWR | os.O_APPEND | os.O_CREAT)
+                self._lock(fd, fcntl.LOCK_EX, blocking)
             st = os.fstat(fd)
             size = st.st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -335,14 +380,19 @@ class FileSession:
                 self._tail = (self._tail + data)[-_TAIL:]
                 self._stamp = (st.st_ino, st.st_mtime_ns)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
-    def _truncate_to(self, keep_items: int, blocking: bool) -> Item | None:
+    def _truncate_to(self, keep_items: int | None, blocking: bool) -> Item | None:
+        """Cut the file after its first ``keep_items`` lines (None: before its latest message other
+        than the system message, found under the lock); the first line cut, or None."""
         fd = self._open(os.O_RDWR | os.O_APPEND)
         try:
             self._lock(fd, fcntl.LOCK_EX, blocking)
             self._repair_tail(fd)
             self._sync_cache(fd, os.fstat(fd), True)
+            if keep_items is None:
+                keep_items = _latest_message(self._items)
             removed = self._items[keep_items] if keep_items < len(self._items) else None
             if removed is None:
                 return None
@@ -361,12 +411,9 @@ class FileSession:
             os.close(fd)
 
     def _pop(self, blocking: bool) -> Item | None:
-        items = self._read(blocking)
-        floor = 1 if items and items[0].get("role") == "system" else 0
-        if len(items) <= floor:
-            return None
         try:
-            return self._truncate_to(len(items) - 1, blocking)
+            # Cut at the latest message: the journal records written after it go with it.
+            return self._truncate_to(None, blocking)
         except FileNotFoundError:
             return None
 
@@ -388,6 +435,8 @@ class FileSession:
                 continue
             for f in agent_dir.glob("*.jsonl"):
                 st = f.stat()
+                if st.st_size == 0:
+                    continue  # nothing stored: only locked by a run that wrote nothing, or emptied
                 with open(f, "rb") as fh:
                     count = sum(1 for line in fh if _is_message_line(line))
                 found.append(
@@ -399,6 +448,27 @@ class FileSession:
                     )
                 )
         return sorted(found, key=lambda c: c.updated_at, reverse=True)
+
+
+def _latest_message(items: list[Item]) -> int:
+    """Index of the latest message that is not a leading system message; ``len(items)`` if none."""
+    floor = 1 if items and items[0].get("role") == "system" else 0
+    return next((n for n in range(len(items) - 1, floor - 1, -1) if is_message(items[n])), len(items))
+
+
+def _try_lock(fd: int, ofd: bool) -> bool:
+    """Take the run lock without waiting; False if another holder has it."""
+    try:
+        if ofd:
+            # struct flock: l_type, l_whence, l_start, l_len, l_pid (0, as OFD locks require).
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, _RUN_LOCK_BYTE, 1, 0))
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return False
+        raise
+    return True
 
 
 def _is_message_line(line: bytes) -> bool:

@@ -61,8 +61,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..exceptions import ConfigurationError, SessionError, SessionUnavailableError
-from .base import ConversationInfo, Item, system_item
-from .sqlite import LEASE_TTL_SECONDS, check_names, check_ttl, decode_item, encode_items, hold_lease
+from .base import ConversationInfo, Item, check_names, system_item
+from .sqlite import LEASE_TTL_SECONDS, check_ttl, decode_item, encode_items, hold_lease
 
 T = TypeVar("T")
 
@@ -170,17 +170,22 @@ def _sql(p: str) -> dict[str, str]:
         ),
         "read_all": (
             f"SELECT i.seq, i.data FROM {p}items i JOIN {p}conversations c ON c.id = i.conversation "
-            "WHERE c.agent_name = $1 AND c.conversation_id = $2 ORDER BY i.seq"
+            "WHERE c.agent_name = $1 AND c.conversation_id = $2 AND i.role IS NOT NULL ORDER BY i.seq"
         ),
         "read_latest": (
             f"SELECT i.seq, i.data FROM {p}items i JOIN {p}conversations c ON c.id = i.conversation "
-            "WHERE c.agent_name = $1 AND c.conversation_id = $2 ORDER BY i.seq DESC LIMIT $3"
+            "WHERE c.agent_name = $1 AND c.conversation_id = $2 AND i.role IS NOT NULL ORDER BY i.seq DESC LIMIT $3"
+        ),
+        "read_journal": (
+            f"SELECT i.seq, i.data FROM {p}items i JOIN {p}conversations c ON c.id = i.conversation "
+            "WHERE c.agent_name = $1 AND c.conversation_id = $2 AND i.role IS NULL ORDER BY i.seq"
         ),
         "lock": f"SELECT id FROM {p}conversations WHERE agent_name = $1 AND conversation_id = $2 FOR UPDATE",
-        "ends": (
-            "SELECT f.seq AS first_seq, f.role AS first_role, l.seq AS last_seq, l.data AS last_data FROM "
-            f"(SELECT seq, role FROM {p}items WHERE conversation = $1 ORDER BY seq LIMIT 1) f, "
-            f"(SELECT seq, data FROM {p}items WHERE conversation = $1 ORDER BY seq DESC LIMIT 1) l"
+        # The latest message that is not the system message (the first item, when it is one).
+        "latest_message": (
+            f"SELECT seq, data FROM {p}items WHERE conversation = $1 AND role IS NOT NULL AND seq > "
+            f"(SELECT CASE WHEN role = 'system' THEN seq ELSE seq - 1 END FROM {p}items "
+            "WHERE conversation = $1 ORDER BY seq LIMIT 1) ORDER BY seq DESC LIMIT 1"
         ),
         "first": f"SELECT seq, role FROM {p}items WHERE conversation = $1 ORDER BY seq LIMIT 1",
         "delete_after": (
@@ -188,8 +193,8 @@ def _sql(p: str) -> dict[str, str]:
             f"UPDATE {p}conversations SET item_count = item_count - (SELECT count(*) FROM gone), updated_at = now() "
             "WHERE id = $1"
         ),
-        "delete_one": (
-            f"WITH gone AS (DELETE FROM {p}items WHERE conversation = $1 AND seq = $2 RETURNING 1) "
+        "delete_from": (
+            f"WITH gone AS (DELETE FROM {p}items WHERE conversation = $1 AND seq >= $2 RETURNING 1) "
             f"UPDATE {p}conversations SET item_count = item_count - (SELECT count(*) FROM gone), updated_at = now() "
             "WHERE id = $1"
         ),
@@ -366,6 +371,11 @@ class PostgresSession:
     def _conversation(self) -> str:
         return f"{self.agent_name!r}/{self.conversation_id!r}"
 
+    @property
+    def session_id(self) -> str:
+        """The conversation id, as the OpenAI Agents SDK's Session protocol names it."""
+        return self.conversation_id
+
     def derive(self, agent_name: str, conversation_id: str, agent_instructions: str | None) -> PostgresSession:
         return PostgresSession(
             agent_name,
@@ -422,6 +432,17 @@ class PostgresSession:
             return await asyncio.to_thread(self._decode, rows)
         return self._decode(rows)
 
+    async def get_journal(self) -> list[Item]:
+        sql = _sql(self.table_prefix)
+
+        async def read(conn: Any) -> list[Any]:
+            return list(await conn.fetch(sql["read_journal"], self.agent_name, self.conversation_id))
+
+        rows = await self._run(read)
+        if sum(len(r[1]) for r in rows) > _DECODE_INLINE_LIMIT:
+            return await asyncio.to_thread(self._decode, rows)
+        return self._decode(rows)
+
     def _decode(self, rows: list[Any]) -> list[Item]:
         where, conversation = self._where, self._conversation
         return [decode_item(data, seq, where, conversation) for seq, data in rows]
@@ -455,13 +476,12 @@ class PostgresSession:
         async def pop(conn: Any) -> Item | None:
             async with conn.transaction():
                 conv = await conn.fetchval(sql["lock"], self.agent_name, self.conversation_id)
-                ends = None if conv is None else await conn.fetchrow(sql["ends"], conv)
-                if ends is None:
-                    return None
-                if ends["last_seq"] == ends["first_seq"] and ends["first_role"] == "system":
-                    return None  # only the system message is left, and it stays
-                item = decode_item(ends["last_data"], ends["last_seq"], self._where, self._conversation)
-                await conn.execute(sql["delete_one"], conv, ends["last_seq"])
+                latest = None if conv is None else await conn.fetchrow(sql["latest_message"], conv)
+                if latest is None:
+                    return None  # no message, or only the system message, which stays
+                item = decode_item(latest["data"], latest["seq"], self._where, self._conversation)
+                # The message and the journal records written after it.
+                await conn.execute(sql["delete_from"], conv, latest["seq"])
                 return item
 
         return await self._run(pop)
@@ -488,6 +508,15 @@ class PostgresSession:
             return await conn.fetchval(sql["delete_conversation"], self.agent_name, self.conversation_id) is not None
 
         return await self._run(delete)
+
+    async def close(self) -> None:
+        """Close the pool this session shares with every session on its URL in this event loop.
+
+        Those sessions (and this one) stay usable: the next call opens a new pool. A pool passed in
+        as ``pool=`` is yours and stays open. Idempotent.
+        """
+        if self.url is not None:
+            await PostgresSession.close_pools(self.url)
 
     async def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
         return await run_on(self.url, self.pool, self.table_prefix, op, f"conversation {self._conversation}")

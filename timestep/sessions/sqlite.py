@@ -20,7 +20,10 @@ Why it is built the way it is:
   switching it to WAL and checking the schema costs several appends' worth of time, and runs create
   session objects often (one per request, one per handoff). A dedicated thread also keeps a writer
   that waits for another process's lock from occupying the default executor that tools run in. The
-  last few files used stay open; any other closes when its last session goes.
+  last ``KEEP_OPEN`` files used stay open; an older one is closed as soon as its operations in
+  flight finish, and ``close()`` closes one at once. Nothing is closed by a finalizer or the garbage
+  collector: such a callback may run in the middle of a thread-pool submit on the same thread, and
+  submitting from it then deadlocks on the pool's lock.
 * **Schema by migrations.** An ordered list of named migrations, each applied once inside the write
   lock and recorded in ``migrations``; a later version appends to the list and an older file is
   brought up to date the first time it is opened.
@@ -37,6 +40,9 @@ Why it is built the way it is:
 Item semantics match :class:`~timestep.sessions.file.FileSession`: the system message built from
 ``agent_instructions`` is written with the conversation's first items (and reported before then),
 ``pop_item`` and ``clear_session`` never remove it, and every item comes back exactly as stored.
+Messages and journal records share the ``items`` table and its ``seq`` order (one transaction
+writes both); a journal record is a row whose ``role`` is NULL, as it has always been, so files
+written before the journal was read apart need no migration.
 """
 
 from __future__ import annotations
@@ -51,10 +57,9 @@ import secrets
 import sqlite3
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,10 +69,9 @@ from ..exceptions import (
     SessionBusyError,
     SessionCorruptError,
     SessionError,
-    SessionNameError,
     SessionUnavailableError,
 )
-from .base import ConversationInfo, Item, system_item
+from .base import ConversationInfo, Item, check_names, system_item
 
 T = TypeVar("T")
 
@@ -117,15 +121,6 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def check_names(agent_name: str, conversation_id: str) -> None:
-    """Database stores take any non-empty name, except one holding NUL (which C strings end at)."""
-    for what, value in (("agent_name", agent_name), ("conversation_id", conversation_id)):
-        if not isinstance(value, str) or not value:
-            raise SessionNameError(f"{what} must be a non-empty string, got {value!r}")
-        if "\x00" in value:
-            raise SessionNameError(f"{what} must not contain NUL characters, got {value!r}")
 
 
 def encode_items(items: Sequence[Item], where: str) -> list[tuple[str | None, str]]:
@@ -271,13 +266,21 @@ async def _give_back_quietly(give_back: Callable[[str], Awaitable[None]], token:
 
 
 class _Database:
-    """One process's connection to one database file, used only from its own worker thread."""
+    """One process's connection to one database file, used only from its own worker thread.
+
+    Opened and closed only by explicit calls (no finalizer: a garbage-collector callback that
+    submits to a thread pool can run while the same thread is inside a submit, and the pool's lock
+    is then taken twice by one thread, hanging the process). ``busy`` and ``retired`` are guarded by
+    ``_databases_lock``.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.busy = 0  # operations in flight
+        self.retired = False  # no longer in the registry: shut down once ``busy`` reaches 0
+        self.shut = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="timestep-sqlite")
-        self._conn: list[sqlite3.Connection] = []  # the worker's connection, once opened
-        weakref.finalize(self, _shut_down, self._executor, self._conn)
+        self._conn: sqlite3.Connection | None = None
 
     async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -287,50 +290,88 @@ class _Database:
         # SQLite can answer "database is locked" at once, without waiting out busy_timeout, when two
         # processes create or switch a new file to WAL together, or while one recovers the WAL. Every
         # operation is a whole transaction (rolled back on error), so trying it again is safe.
-        for attempt in range(40):
+        for attempt in range(RETRIES):
             try:
-                if not self._conn:
-                    self._conn.append(open_connection(self.path))
-                return op(self._conn[0])
+                if self._conn is None:
+                    self._conn = open_connection(self.path)
+                return op(self._conn)
             except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 39:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == RETRIES - 1:
                     raise
                 time.sleep(min(0.005 * 2**attempt, 0.25))
         raise AssertionError("unreachable")
 
+    def shut_down(self) -> Future[None]:
+        """Close the connection on its own thread, then let the thread end (never from a finalizer)."""
 
-def _shut_down(executor: ThreadPoolExecutor, conn: list[sqlite3.Connection]) -> None:
-    def close() -> None:
-        for c in conn:
-            c.close()
-        conn.clear()
+        def close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
-    try:
-        executor.submit(close)
-    except RuntimeError:  # the interpreter is shutting down: no new work; close from here
-        close()
-    executor.shutdown(wait=False)
+        done = self._executor.submit(close)
+        self._executor.shutdown(wait=False)
+        return done
 
 
-_databases: weakref.WeakValueDictionary[tuple[int, str], _Database] = weakref.WeakValueDictionary()
-_recent: OrderedDict[tuple[int, str], _Database] = OrderedDict()  # kept open between sessions
+RETRIES = 40
+KEEP_OPEN = 8  # database files whose connection (and thread) stays open between operations
+_databases: OrderedDict[str, _Database] = OrderedDict()  # least recently used first
 _databases_lock = threading.Lock()
-KEEP_OPEN = 8
+_databases_pid = os.getpid()
 
 
-def _database(path: Path) -> _Database:
-    """The shared connection for ``path``: reused while any session uses it, and for the last few
-    files used even when none does, so a session per request does not reopen the file each time."""
-    key = (os.getpid(), str(path))  # a forked child must not share its parent's connection
+def _acquire(path: Path) -> _Database:
+    """The shared connection for ``path``, counted as in use until :func:`_release`.
+
+    The last ``KEEP_OPEN`` files used stay open, so a session per request does not reopen the file
+    each time; an older one is shut down as soon as no operation of its own is in flight.
+    """
+    global _databases_pid
+    to_shut = []
     with _databases_lock:
+        if _databases_pid != os.getpid():  # a forked child must not touch its parent's connections
+            _databases.clear()
+            _databases_pid = os.getpid()
+        key = str(path)
         db = _databases.get(key)
         if db is None:
             db = _databases[key] = _Database(path)
-        _recent[key] = db
-        _recent.move_to_end(key)
-        while len(_recent) > KEEP_OPEN:
-            _recent.popitem(last=False)
-        return db
+        _databases.move_to_end(key)
+        db.busy += 1
+        while len(_databases) > KEEP_OPEN:
+            _, old = _databases.popitem(last=False)
+            old.retired = True
+            if old.busy == 0 and not old.shut:
+                old.shut = True
+                to_shut.append(old)
+    for old in to_shut:
+        old.shut_down()
+    return db
+
+
+def _release(db: _Database) -> None:
+    with _databases_lock:
+        db.busy -= 1
+        shut = db.retired and db.busy == 0 and not db.shut
+        if shut:
+            db.shut = True
+    if shut:
+        db.shut_down()
+
+
+async def close_database(path: Path) -> None:
+    """Close this process's connection to ``path`` (and its thread); the next operation reopens it."""
+    with _databases_lock:
+        db = _databases.pop(str(path), None) if _databases_pid == os.getpid() else None
+        if db is None:
+            return
+        db.retired = True
+        shut = db.busy == 0 and not db.shut
+        if shut:
+            db.shut = True
+    if shut:
+        await asyncio.wrap_future(db.shut_down())
 
 
 def open_connection(path: Path) -> sqlite3.Connection:
@@ -418,18 +459,23 @@ class SQLiteSession:
         self.agent_instructions = agent_instructions
         self.db_path = Path(db_path)
         self.lease_ttl = check_ttl(lease_ttl)
-        self._db = _database(self.db_path.expanduser().resolve())
+        self._path = self.db_path.expanduser().resolve()
 
     def __repr__(self) -> str:
         return f"SQLiteSession({self.agent_name!r}, {self.conversation_id!r}, db_path={str(self.db_path)!r})"
 
     @property
     def _where(self) -> str:
-        return f"SQLite store {self._db.path}"
+        return f"SQLite store {self._path}"
 
     @property
     def _conversation(self) -> str:
         return f"{self.agent_name!r}/{self.conversation_id!r}"
+
+    @property
+    def session_id(self) -> str:
+        """The conversation id, as the OpenAI Agents SDK's Session protocol names it."""
+        return self.conversation_id
 
     def derive(self, agent_name: str, conversation_id: str, agent_instructions: str | None) -> SQLiteSession:
         return SQLiteSession(agent_name, conversation_id, agent_instructions, self.db_path, lease_ttl=self.lease_ttl)
@@ -456,6 +502,9 @@ class SQLiteSession:
             return []
         return await self._run(lambda conn: self._read(conn, limit))
 
+    async def get_journal(self) -> list[Item]:
+        return await self._run(self._read_journal)
+
     async def add_items(self, items: list[Item]) -> None:
         if not items:
             return
@@ -471,9 +520,18 @@ class SQLiteSession:
         """Remove the conversation completely (system message included); False if it was not stored."""
         return await self._run(lambda conn: write(conn, self._delete))
 
+    async def close(self) -> None:
+        """Close this process's connection to the database file, and its thread.
+
+        The connection is shared by every session on the file, so the others (and this one) stay
+        usable: their next call opens it again. Idempotent.
+        """
+        await close_database(self._path)
+
     async def _run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        db = _acquire(self._path)
         try:
-            return await self._db.run(op)
+            return await db.run(op)
         except SessionError:
             raise
         except sqlite3.Error as exc:
@@ -482,6 +540,8 @@ class SQLiteSession:
             raise SessionUnavailableError(
                 f"{self._where} is unavailable for conversation {self._conversation}: {exc}"
             ) from exc
+        finally:
+            _release(db)
 
     def _translate(self, exc: sqlite3.Error) -> SessionError:
         text = str(exc)
@@ -493,7 +553,7 @@ class SQLiteSession:
         if "malformed" in text:
             return SessionCorruptError(
                 f"{self._where} is damaged ({text}); conversation {self._conversation} cannot be read",
-                location=str(self._db.path),
+                location=str(self._path),
             )
         return SessionUnavailableError(f"{self._where} is unavailable for conversation {self._conversation}: {text}")
 
@@ -529,7 +589,7 @@ class SQLiteSession:
     def _read(self, conn: sqlite3.Connection, limit: int | None) -> list[Item]:
         query = (
             "SELECT seq, data FROM items WHERE conversation ="
-            " (SELECT id FROM conversations WHERE agent_name = ? AND conversation_id = ?)"
+            " (SELECT id FROM conversations WHERE agent_name = ? AND conversation_id = ?) AND role IS NOT NULL"
         )
         params: tuple[Any, ...] = (self.agent_name, self.conversation_id)
         if limit is None:
@@ -540,6 +600,16 @@ class SQLiteSession:
         if not rows:
             sys_item = system_item(self.agent_instructions)
             return [sys_item] if sys_item else []
+        where, conversation = self._where, self._conversation
+        return [decode_item(data, seq, where, conversation) for seq, data in rows]
+
+    def _read_journal(self, conn: sqlite3.Connection) -> list[Item]:
+        rows = conn.execute(
+            "SELECT seq, data FROM items WHERE conversation ="
+            " (SELECT id FROM conversations WHERE agent_name = ? AND conversation_id = ?) AND role IS NULL"
+            " ORDER BY seq",
+            (self.agent_name, self.conversation_id),
+        ).fetchall()
         where, conversation = self._where, self._conversation
         return [decode_item(data, seq, where, conversation) for seq, data in rows]
 
@@ -575,13 +645,18 @@ class SQLiteSession:
         first = None if conv is None else _first_is_system(conn, conv)
         if conv is None or first is None:
             return None
-        seq, data = conn.execute(
-            "SELECT seq, data FROM items WHERE conversation = ? ORDER BY seq DESC LIMIT 1", (conv,)
+        floor = first[0] if first[1] else first[0] - 1  # the system message stays
+        row = conn.execute(
+            "SELECT seq, data FROM items WHERE conversation = ? AND seq > ? AND role IS NOT NULL"
+            " ORDER BY seq DESC LIMIT 1",
+            (conv, floor),
         ).fetchone()
-        if seq == first[0] and first[1]:
-            return None  # only the system message is left, and it stays
+        if row is None:
+            return None
+        seq, data = row
         item = decode_item(data, seq, self._where, self._conversation)
-        conn.execute("DELETE FROM items WHERE conversation = ? AND seq = ?", (conv, seq))
+        # The message and the journal records written after it.
+        conn.execute("DELETE FROM items WHERE conversation = ? AND seq >= ?", (conv, seq))
         conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (_now(), conv))
         return item
 

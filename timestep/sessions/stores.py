@@ -16,8 +16,6 @@ Spellings, following the ``file:`` URI convention SQLite itself uses:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import importlib.util
 import os
 import re
@@ -52,6 +50,28 @@ class Store(ABC):
     async def delete(self, agent_name: str, conversation_id: str) -> bool:
         """Remove a conversation completely, system message included; False if there was none."""
 
+    async def delegates(self, agent_name: str, conversation_id: str) -> list[ConversationInfo]:
+        """The conversations of this one's delegates (handoffs), nested ones included.
+
+        A delegate's conversation id is ``<conversation>~<caller agent's slug>``, and its own
+        delegates add ``~<slug>`` again; so a delegate id is this conversation's id, ``~``, this
+        agent's slug, then either nothing or another ``~``. Without that last separator,
+        ``victim~abc`` of another agent would pass for a delegate of agent ``A`` of ``victim``.
+        """
+        return [
+            c for c in await self.list_conversations() if is_delegate_of(c.conversation_id, agent_name, conversation_id)
+        ]
+
+    async def delete_with_delegates(self, agent_name: str, conversation_id: str) -> list[ConversationInfo]:
+        """Delete a conversation and its delegates' conversations (and only those); what was deleted."""
+        doomed = [
+            c
+            for c in await self.list_conversations()
+            if (c.agent_name, c.conversation_id) == (agent_name, conversation_id)
+            or is_delegate_of(c.conversation_id, agent_name, conversation_id)
+        ]
+        return [c for c in doomed if await self.delete(c.agent_name, c.conversation_id)]
+
     @abstractmethod
     def describe(self) -> str:
         """One line saying what and where the store is (never a password)."""
@@ -83,32 +103,10 @@ class FileStore(Store):
         return await asyncio.to_thread(FileSession.list_conversations, self.storage_dir)
 
     async def delete(self, agent_name: str, conversation_id: str) -> bool:
-        path = FileSession(agent_name, conversation_id, None, self.storage_dir).path
-        return await asyncio.to_thread(_delete_file, path)
+        return await self.session(agent_name, conversation_id).delete_conversation()
 
     def describe(self) -> str:
         return f"folder {self.storage_dir.resolve()} (one JSONL file per agent and conversation)"
-
-
-def _delete_file(path: Path) -> bool:
-    """Unlink under the writers' lock, so a conversation is never deleted halfway through an append."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return False
-    finally:
-        os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        Path(str(path) + ".torn").unlink()
-    with contextlib.suppress(OSError):
-        path.parent.rmdir()  # only succeeds when no other conversation of this agent is left
-    return True
 
 
 class SQLiteStore(Store):
@@ -149,6 +147,14 @@ class PostgresStore(Store):
 
     async def aclose(self) -> None:
         await PostgresSession.close_pools(self.url)
+
+
+def is_delegate_of(candidate: str, agent_name: str, conversation_id: str) -> bool:
+    """Whether ``candidate`` names the conversation of a delegate (at any depth) of this agent's conversation."""
+    from ..handoffs import delegate_conversation_id  # at call time: handoffs imports the sessions package
+
+    own = delegate_conversation_id(conversation_id, agent_name)
+    return candidate == own or candidate.startswith(own + "~")
 
 
 def open_store(spec: str | os.PathLike[str]) -> Store:
