@@ -4,7 +4,7 @@ Why it is built the way it is:
 
 * **asyncpg, imported on first use.** It speaks the PostgreSQL protocol natively on the event loop
   (no thread hop per query) and caches prepared statements per connection. It is an optional extra
-  (``pip install 'timestep[postgres]'``), so ``import timestep`` never pays for it.
+  (the ``asyncpg`` module: the ``postgres`` extra of a checkout), so ``import timestep`` never pays for it.
 * **One pool per URL and event loop.** Every session built from the same URL in the same loop shares
   one pool (a pool's connections belong to the loop that opened them), so a handoff's delegate or a
   thousand concurrent conversations do not open a connection each. A pool you manage can be passed
@@ -66,7 +66,7 @@ from .sqlite import LEASE_TTL_SECONDS, check_ttl, decode_item, encode_items, hol
 
 T = TypeVar("T")
 
-INSTALL_HINT = "pip install 'timestep[postgres]'"
+INSTALL_HINT = "install it with pip install asyncpg (or pip install -e '.[postgres]' in a Timestep checkout)"
 _PREFIX_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 _DECODE_INLINE_LIMIT = 256 * 1024
 _CONNECT_TIMEOUT = 10.0
