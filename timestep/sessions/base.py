@@ -98,6 +98,23 @@ def system_item(instructions: str | None) -> Item | None:
     return {"role": "system", "content": instructions} if instructions else None
 
 
+def storable(item: Any) -> str | None:
+    """Why ``item`` cannot be stored, or None: a store keeps messages and journal records only.
+
+    Anything else (a Responses-style ``function_call`` item of the OpenAI Agents SDK, say) would
+    come back from neither ``get_items`` nor a run, so it is refused when written, not lost later.
+    """
+    if not isinstance(item, dict):
+        return f"an item must be a dict, got {type(item).__name__}"
+    if "role" not in item and "journal" not in item:
+        kind = f" (type {item['type']!r})" if isinstance(item.get("type"), str) else ""
+        return (
+            f"an item{kind} has neither 'role' nor 'journal': a session holds Chat Completions messages "
+            "and Timestep's journal records, nothing else"
+        )
+    return None
+
+
 def is_message(item: Item) -> bool:
     """A message has a ``role``; anything else stored is a journal record."""
     return "role" in item

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..exceptions import SessionBusyError, SessionCorruptError, SessionNameError, SessionUnavailableError
-from .base import ConversationInfo, Item, check_names, encode_name, is_message, system_item
+from .base import ConversationInfo, Item, check_names, encode_name, is_message, storable, system_item
 
 T = TypeVar("T")
 
@@ -159,6 +159,9 @@ class FileSession:
     async def add_items(self, items: list[Item]) -> None:
         if not items:
             return
+        problem = next((p for p in map(storable, items) if p is not None), None)
+        if problem is not None:
+            raise SessionCorruptError(f"cannot store an item in {self.path}: {problem}", location=str(self.path))
         try:
             lines = [json.dumps(item, ensure_ascii=False, separators=(",", ":")) for item in items]
             data = ("\n".join(lines) + "\n").encode("utf-8")

@@ -71,7 +71,7 @@ from ..exceptions import (
     SessionError,
     SessionUnavailableError,
 )
-from .base import ConversationInfo, Item, check_names, system_item
+from .base import ConversationInfo, Item, check_names, storable, system_item
 
 T = TypeVar("T")
 
@@ -128,8 +128,9 @@ def encode_items(items: Sequence[Item], where: str) -> list[tuple[str | None, st
     try:
         out = []
         for item in items:
-            if not isinstance(item, dict):
-                raise TypeError(f"an item must be a dict, got {type(item).__name__}")
+            problem = storable(item)
+            if problem is not None:
+                raise TypeError(problem)
             data = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
             data.encode("utf-8")  # a lone surrogate cannot be stored as text; say so here, not in the driver
             out.append((str(item["role"]) if "role" in item else None, data))
