@@ -47,17 +47,26 @@ def delete_note(title: str) -> str:
 
 @server.tool(annotations=IDEMPOTENT_WRITE)
 async def save_note(title: str, text: str, pause: float = 0.0) -> str:
-    """Save a note under a title (saving the same note twice changes nothing)."""
+    """Save a note under a title (saving the same note twice changes nothing); the first save of a
+    title waits ``pause`` seconds (so a test can stop its caller mid-call), a second one does not."""
+    first = f"saved {title}" not in (NOTES.read_text().splitlines() if NOTES.exists() else [])
     _log(f"saved {title}")
-    await asyncio.sleep(pause)
+    await asyncio.sleep(pause if first else 0)
     return f"saved {title}"
 
 
 @server.tool()
-def send_note(to: str) -> str:
+async def send_note(to: str, pause: float = 0.0) -> str:
     """Send a note to someone (no annotations: the server says nothing about its safety)."""
     _log(f"sent to {to}")
+    await asyncio.sleep(pause)
     return f"sent to {to}"
+
+
+@server.tool(annotations=READ_ONLY)
+def pid() -> int:
+    """This server's process id."""
+    return os.getpid()
 
 
 @server.tool(annotations=READ_ONLY)

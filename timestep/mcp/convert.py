@@ -62,11 +62,12 @@ def is_idempotent(name: str, annotations: mcp_types.ToolAnnotations | None, idem
 def call_result(result: mcp_types.CallToolResult) -> tuple[Any, bool]:
     """What the model reads, and whether the server called it an error.
 
-    Structured content is returned as the dict it is (sent as JSON, seen by output guardrails as a
-    dict); otherwise the content blocks become text. Chat Completions tool messages carry text
-    only, so a picture or a sound is named and measured in a note instead of silently dropped.
+    The content blocks become text: that is what a server writes for a model to read (and what
+    the spec asks servers to send alongside structured content). A result with structured content
+    and no blocks is returned as the dict it is, sent as JSON. Chat Completions tool messages carry
+    text only, so a picture or a sound is named and measured in a note instead of silently dropped.
     """
-    if result.structured_content is not None and not result.is_error:
+    if result.structured_content is not None and not result.content and not result.is_error:
         return result.structured_content, False
     parts = [_block_text(block) for block in result.content]
     text = "\n".join(p for p in parts if p)

@@ -250,6 +250,8 @@ class MCPServer:
             raise MCPServerError(self.name, f"{what}: unusable answer ({_describe(exc)})", tool=what) from None
         if not isinstance(result, mcp_types.CallToolResult):
             raise MCPServerError(self.name, f"{what}: unexpected answer {type(result).__name__}", tool=what)
+        if conn.stale:  # the call changed the list: take it in before the model is asked again
+            await conn.refresh()
         value, is_error = call_result(result)
         if is_error:
             raise MCPServerError(self.name, f"{what} reported an error: {value}", tool=what)
@@ -326,7 +328,7 @@ class _Connection:
         self._ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # read here if nobody waits
         self._wake = asyncio.Event()
         self._stopping = False
-        self._stale = False
+        self.stale = False  # the server said its tool list changed; not listed again yet
         self._task = asyncio.create_task(self._run(), name=f"MCP server {server.name}")
 
     def session(self) -> ClientSession:
@@ -362,10 +364,8 @@ class _Connection:
                 while not self._stopping:
                     await self._wake.wait()
                     self._wake.clear()
-                    if self._stale and not self._stopping:
-                        self._stale = False
-                        with contextlib.suppress(Exception):  # a failed refresh keeps the last list
-                            self.server._absorb(await self.list_all())
+                    if self.stale and not self._stopping:
+                        await self.refresh()
         except Exception as exc:
             if not self._ready.done():
                 self._ready.set_exception(MCPServerError(self.server.name, f"could not start: {_describe(exc)}"))
@@ -374,9 +374,14 @@ class _Connection:
             if not self._ready.done():
                 self._ready.set_exception(MCPServerError(self.server.name, "stopped while starting"))
 
+    async def refresh(self) -> None:
+        self.stale = False
+        with contextlib.suppress(Exception):  # a failed refresh keeps the last list
+            self.server._absorb(await self.list_all())
+
     async def _on_message(self, message: IncomingMessage | SessionMessage) -> None:
         if isinstance(message, mcp_types.ToolListChangedNotification):
-            self._stale = True
+            self.stale = True
             self._wake.set()
 
     async def close(self) -> None:
