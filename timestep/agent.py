@@ -14,7 +14,7 @@ from typing import Any
 from .exceptions import ConfigurationError
 from .guardrails import InputGuardrail, OutputGuardrail
 from .handoffs import handoff_tool_name, handoff_tool_spec
-from .tools import Tool, as_tool
+from .tools import Tool, Toolset, as_tool
 
 
 @dataclass(eq=False)
@@ -43,10 +43,18 @@ class Agent:
         self.guardrails = list(self.guardrails)
         self._tools: dict[str, Tool] = {}
         self._handoffs: dict[str, Agent] = {}
+        self._toolsets: list[Toolset] = [raw for raw in self.tools if isinstance(raw, Toolset)]
         for raw in self.tools:
+            if isinstance(raw, Toolset):
+                continue
             t = as_tool(raw)
             self._claim(t.name, f"tool {t.name!r}")
             self._tools[t.name] = t
+        self._own_tool_names = set(self._tools)
+        for toolset in self._toolsets:
+            for t in toolset.toolset_tools():
+                self._claim(t.name, f"tool {t.name!r} of {toolset.name!r} (give it a prefix)")
+                self._tools[t.name] = t
         for target in self.handoffs:
             if not isinstance(target, Agent):
                 raise ConfigurationError(f"Agent {self.name!r}: handoff {target!r} is not an Agent")
@@ -58,6 +66,8 @@ class Agent:
                 raise ConfigurationError(
                     f"Agent {self.name!r}: guardrail {g!r} is not an InputGuardrail or OutputGuardrail"
                 )
+        for toolset in self._toolsets:
+            self.guardrails.extend(toolset.toolset_guardrails())
         self._tool_specs = [t.spec() for t in self._tools.values()] + [
             handoff_tool_spec(name, target) for name, target in self._handoffs.items()
         ]
@@ -69,12 +79,29 @@ class Agent:
                 "already uses; rename one of them"
             )
 
+    def _refresh(self) -> None:
+        """Take in a toolset's changed list: a tool that is gone goes, one whose name is taken is left out."""
+        tools = {name: t for name, t in self._tools.items() if name in self._own_tool_names}
+        for toolset in self._toolsets:
+            for t in toolset.toolset_tools():
+                if t.name not in tools and t.name not in self._handoffs:
+                    tools[t.name] = t
+        if [(n, id(t)) for n, t in tools.items()] != [(n, id(t)) for n, t in self._tools.items()]:
+            self._tools = tools
+            self._tool_specs = [t.spec() for t in tools.values()] + [
+                handoff_tool_spec(name, target) for name, target in self._handoffs.items()
+            ]
+
     @property
     def tool_specs(self) -> list[dict[str, Any]]:
         """The ``tools`` list sent to the model: this agent's tools and one transfer tool per handoff."""
+        if self._toolsets:
+            self._refresh()
         return self._tool_specs
 
     def get_tool(self, name: str) -> Tool | None:
+        if self._toolsets:
+            self._refresh()
         return self._tools.get(name)
 
     def get_handoff(self, name: str) -> Agent | None:
@@ -82,6 +109,8 @@ class Agent:
 
     @property
     def tool_names(self) -> list[str]:
+        if self._toolsets:
+            self._refresh()
         return [*self._tools, *self._handoffs]
 
     def __repr__(self) -> str:

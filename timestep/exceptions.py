@@ -13,7 +13,8 @@
     │   └── SessionBusyError      another run holds the conversation for longer than the run would wait
     ├── ApprovalError             an approval that does not match a pending call, or a run that cannot
     │                             go on because approvals are pending
-    └── MaxTurnsExceeded          a run that did not reach an answer within its turn budget
+    ├── MaxTurnsExceeded          a run that did not reach an answer within its turn budget
+    └── MCPServerError            an MCP server that would not start, died, hung or answered nonsense
 
 `GuardrailInterrupt` is deliberately *not* here: it is a control-flow signal a guardrail raises to
 ask a person, not an error (see `timestep.guardrails`).
@@ -84,3 +85,13 @@ class ApprovalError(TimestepError, ValueError):
 
 class MaxTurnsExceeded(TimestepError):
     """The run used its whole turn budget without reaching a final answer."""
+
+
+class MCPServerError(TimestepError):
+    """An MCP server failed: it would not start, died mid-call, did not answer in time, or answered
+    something that is not MCP. A tool call it breaks becomes a tool error the model reads."""
+
+    def __init__(self, server: str, message: str, *, tool: str | None = None) -> None:
+        super().__init__(f"MCP server {server!r}: {message}")
+        self.server = server
+        self.tool = tool

@@ -24,11 +24,14 @@ import inspect
 import json
 import re
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, Protocol, get_type_hints, runtime_checkable
 
 from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from .guardrails import InputGuardrail, OutputGuardrail
 
 TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -103,6 +106,24 @@ class Tool:
         if inspect.isawaitable(result):
             result = await result
         return result
+
+
+@runtime_checkable
+class Toolset(Protocol):
+    """Tools that live elsewhere (an MCP server), given to ``Agent(tools=[...])`` next to functions.
+
+    ``toolset_tools`` is asked when the agent is built (so name clashes fail there) and again each
+    time the model is called, because the list may change while a run goes on. Only the first answer
+    may need I/O (an MCP server is started once to list its tools); later ones come from memory.
+    ``toolset_guardrails`` are added after the agent's own guardrails: that is how a toolset asks
+    for approval of the tools it knows to be dangerous.
+    """
+
+    name: str
+
+    def toolset_tools(self) -> Sequence[Tool]: ...
+
+    def toolset_guardrails(self) -> Sequence[InputGuardrail | OutputGuardrail]: ...
 
 
 def tool(
