@@ -240,7 +240,7 @@ def test_destructive_tool_pauses_and_resumes_in_a_new_process(
     assert lines(notes_file) == ["deleted edited"]
     assert [c["result"] for c in resumed["tool_calls"]] == ["deleted edited"]
     tool_messages = [m for m in server.requests[-1].messages if m["role"] == "tool"]
-    assert [m["content"] for m in tool_messages] == ["2", "deleted edited"]
+    assert [m["content"] for m in tool_messages] == ["deleted edited", "2"]  # call order
 
 
 async def test_policy_is_set_per_server_and_per_tool(
