@@ -327,7 +327,8 @@ async def _server_sent_events(content: aiohttp.StreamReader) -> AsyncIterator[tu
     before decoding, so a UTF-8 character cut across two network reads stays whole.
     """
     tail = b""
-    event, data = "", list[str]()
+    event = ""
+    data: list[str] = []
     async for piece in content.iter_any():
         buffer = tail + piece
         hold = b""
