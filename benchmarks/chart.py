@@ -1,4 +1,4 @@
-"""Bar chart of every implementation's ratio to plain_http, per workload (matplotlib, if installed)."""
+"""Bar chart of every implementation's ratio to the plain aiohttp loop, per workload (matplotlib, if installed)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 def draw(path: Path, results: Results, names: list[str]) -> bool:
-    from benchmarks.runner import BASELINE, COLUMNS, ratio
+    from benchmarks.runner import BASELINE, COLUMNS, STREAM_COLUMNS, ratio
 
     try:
         import matplotlib
@@ -23,8 +23,9 @@ def draw(path: Path, results: Results, names: list[str]) -> bool:
         return False
     shown = [n for n in names if n not in results.skipped]
     keys = [(key, title) for key, title, _ in COLUMNS]
+    keys += [(key, title.replace(" ", " stream ", 1)) for key, title, _ in STREAM_COLUMNS]
     width = 0.8 / max(len(shown), 1)
-    fig, ax = plt.subplots(figsize=(11, 5))
+    fig, ax = plt.subplots(figsize=(16, 6))
     for i, name in enumerate(shown):
         xs, ys = [], []
         for j, (key, _) in enumerate(keys):
@@ -35,9 +36,9 @@ def draw(path: Path, results: Results, names: list[str]) -> bool:
         ax.bar(xs, ys, width, label=name)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
-    ax.set_xticks(range(len(keys)), [title for _, title in keys])
+    ax.set_xticks(range(len(keys)), [title for _, title in keys], rotation=45, ha="right")
     ax.set_ylabel(f"ratio to {BASELINE} (log scale; lower is better)")
-    ax.set_title("Median per workload, relative to a hand-written httpx2 loop")
+    ax.set_title("Median per workload, relative to a hand-written aiohttp loop")
     ax.legend(fontsize="small")
     ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()

@@ -1,7 +1,8 @@
 """Runs one workload of one implementation in a fresh process and prints its result as JSON.
 
 Usage (the runner does this): ``python -m benchmarks.worker IMPL WORKLOAD BASE_URL [--quick]``.
-WORKLOAD is one of W1, W1-stream, W2, W3, append.
+WORKLOAD is W1, W2 or W3, optionally with the larger size (W2-1000: 1,000 concurrent conversations;
+W3-10000: 10,000 stored messages) and ``-stream``, e.g. ``W2-1000-stream``; or ``append``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import gc
 import json
 import os
+import re
 import resource
 import statistics
 import sys
@@ -135,14 +137,13 @@ class PeakRss:
         self.growth_mb = max(peak - self._base_kb, 0) / 1024
 
 
-async def w2(adapter: Adapter, sizes: Sizes) -> dict[str, float]:
-    await warm_up(adapter)
-    n = sizes.w2_conversations
+async def w2(adapter: Adapter, n: int, stream: bool, key: str) -> dict[str, float]:
+    await warm_up(adapter, stream)
     conversations_before = TOOL_CALLS.calls
 
     async def one(c: int) -> None:
         conversation = await adapter.conversation(f"w2-{c}")
-        await checked_turn(conversation, f"City{c}", stream=False, exact_tool_count=False)
+        await checked_turn(conversation, f"City{c}", stream=stream, exact_tool_count=False)
 
     with PeakRss() as mem, CpuMeter() as cpu:
         start = time.perf_counter()
@@ -150,21 +151,21 @@ async def w2(adapter: Adapter, sizes: Sizes) -> dict[str, float]:
         elapsed = time.perf_counter() - start
     if TOOL_CALLS.calls - conversations_before != n:
         raise WrongAnswer(f"the tool ran {TOOL_CALLS.calls - conversations_before} times for {n} turns")
-    return {"W2-wall": elapsed, "W2-mem": mem.growth_mb, **cpu.values("W2")}
+    return {f"{key}-wall": elapsed, f"{key}-mem": mem.growth_mb, **cpu.values(key)}
 
 
-async def w3(adapter: Adapter, sizes: Sizes) -> dict[str, float]:
-    await warm_up(adapter)
+async def w3(adapter: Adapter, sizes: Sizes, n: int, stream: bool, key: str) -> dict[str, float]:
+    await warm_up(adapter, stream)
     conversation = await adapter.conversation("w3")
-    await conversation.prefill(history(sizes.w3_history))
+    await conversation.prefill(history(n))
     times = []
     cpu = CpuMeter()
     for t in range(sizes.w3_turns):
         with cpu:
             start = time.perf_counter()
-            await checked_turn(conversation, f"Long{t}", stream=False, exact_tool_count=True)
+            await checked_turn(conversation, f"Long{t}", stream=stream, exact_tool_count=True)
             times.append(time.perf_counter() - start)
-    return {"W3": statistics.median(times) * 1000, **cpu.values("W3", 1000 / sizes.w3_turns)}
+    return {key: statistics.median(times) * 1000, **cpu.values(key, 1000 / sizes.w3_turns)}
 
 
 async def append_curve(workdir: Path, sizes: Sizes) -> dict[str, float]:
@@ -173,21 +174,31 @@ async def append_curve(workdir: Path, sizes: Sizes) -> dict[str, float]:
     return {f"append@{n}": us for n, us in (await curve(workdir, sizes.append_levels, sizes.append_samples)).items()}
 
 
+WORKLOAD = re.compile(r"^(W1|W2-1000|W2|W3-10000|W3)(-stream)?$")
+
+
+def parse_workload(workload: str) -> tuple[str, bool, bool]:
+    """``W2-1000-stream`` -> ("W2", large, stream). Raises ``ValueError`` for anything else."""
+    match = WORKLOAD.match(workload)
+    if match is None:
+        raise ValueError(f"unknown workload {workload!r}")
+    name = match.group(1)
+    return name[:2], len(name) > 2, match.group(2) is not None
+
+
 async def run(impl: str, workload: str, base_url: str, sizes: Sizes, workdir: Path) -> dict[str, float]:
     if workload == "append":
         return await append_curve(workdir, sizes)
+    kind, large, stream = parse_workload(workload)
     adapter = await factory(impl)(base_url, workdir)
     try:
-        if workload in ("W1", "W1-stream"):
-            stream = workload == "W1-stream"
-            if stream and not adapter.supports_streaming:
-                return {}
+        if stream and not adapter.supports_streaming:
+            return {}
+        if kind == "W1":
             return await w1(adapter, sizes, stream)
-        if workload == "W2":
-            return await w2(adapter, sizes)
-        if workload == "W3":
-            return await w3(adapter, sizes)
-        raise SystemExit(f"unknown workload {workload!r}")
+        if kind == "W2":
+            return await w2(adapter, sizes.w2_large if large else sizes.w2_conversations, stream, workload)
+        return await w3(adapter, sizes, sizes.w3_large if large else sizes.w3_history, stream, workload)
     finally:
         await adapter.aclose()
 
@@ -195,7 +206,7 @@ async def run(impl: str, workload: str, base_url: str, sizes: Sizes, workdir: Pa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.worker")
     parser.add_argument("impl")
-    parser.add_argument("workload", choices=["W1", "W1-stream", "W2", "W3", "append"])
+    parser.add_argument("workload", help="W1, W2, W3, W2-1000, W3-10000, each optionally -stream; or append")
     parser.add_argument("base_url")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)

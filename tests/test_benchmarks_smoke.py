@@ -1,7 +1,7 @@
 """The benchmark harness runs end to end on tiny sizes with only the project's own dependencies.
 
 No timing is asserted: this only proves that `python -m benchmarks` starts the fake server, runs every
-workload for Timestep and the plain-HTTP floor, checks their answers and reports a number for each.
+workload for Timestep and the two plain floors (aiohttp, httpx2), checks their answers and reports a number for each.
 """
 
 from __future__ import annotations
@@ -12,8 +12,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-IMPLS = ("timestep", "plain_http")
-WORKLOADS = ("W1", "W1-stream", "W2-wall", "W2-mem", "W3", "import")
+IMPLS = ("timestep", "plain_aiohttp", "plain_http")
+_PARTS = (("W1", ("",)), ("W2", ("-wall", "-mem")), ("W2-1000", ("-wall", "-mem")), ("W3", ("",)), ("W3-10000", ("",)))
+WORKLOADS = (
+    *(f"{w}{stream}{part}" for w, parts in _PARTS for stream in ("", "-stream") for part in parts),
+    "import",
+)
 
 
 def test_quick_benchmark_reports_every_workload(tmp_path: Path) -> None:
@@ -37,4 +41,7 @@ def test_quick_benchmark_reports_every_workload(tmp_path: Path) -> None:
     appends = [v for (impl, w), v in medians.items() if impl == "timestep" and w.startswith("append@")]
     assert appends and all(v > 0 for v in appends)
     assert not [r for r in records if r["type"] == "failed"]
-    assert "| timestep |" in proc.stdout and "| plain_http |" in proc.stdout
+    assert all(f"| {impl} |" in proc.stdout for impl in IMPLS)
+    # every ratio is given against both floors
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| timestep |"))
+    assert row.count("× / ") >= 7, row

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -246,10 +247,19 @@ async def test_reply_with_nothing_ends_with_a_clear_error_and_a_valid_session(
 
 async def test_429_is_retried_honouring_retry_after(server: TestServer, client: ModelClient, store: Path) -> None:
     agent = Agent(name="A", model="m")
-    server.script(Reply.error(429, "slow down", headers={"retry-after": "0.05"}), Reply.text("fine"))
+    replies = [Reply.error(429, "slow down", headers={"retry-after": "0.3"}), Reply.text("fine")]
+    arrived: list[float] = []
+
+    def responder(body: dict[str, Any]) -> Reply:
+        arrived.append(time.monotonic())
+        return replies.pop(0)
+
+    server.responder = responder
     result = await run_agent(agent, USER, session_for(agent, store), client=client)
     assert result["final_output"] == "fine"
     assert len(server.requests) == 2
+    # the client's own backoff here is 0.01 s: only the header explains a wait this long
+    assert arrived[1] - arrived[0] >= 0.3 - 0.05
 
 
 async def test_500_ends_the_run_with_an_error_event_and_a_well_formed_session(

@@ -1,17 +1,24 @@
 """How Timestep talks to an OpenAI-compatible Chat Completions endpoint.
 
-Plain HTTP on ``httpx2`` (the HTTP client the ``openai`` package itself is built on) with bodies
-serialised by ``json``. Timestep's messages are already in the API's wire form, so there is nothing
-to transform: the ``openai`` client's typed-params transform walks every message of every request,
-which costs hundreds of milliseconds per call on a long conversation (see docs/benchmarks.md).
+Plain HTTP on ``aiohttp`` with bodies serialised by ``json``. Timestep's messages are already in the
+API's wire form, so there is nothing to transform: the ``openai`` client's typed-params transform
+walks every message of every request, which costs hundreds of milliseconds per call on a long
+conversation. ``aiohttp`` rather than ``httpx2`` (which ``openai`` is built on) because its
+connection pool stays cheap with many connections open: at 1,000 concurrent conversations
+``httpx2``'s pool scans every connection on every request (see docs/benchmarks.md for both, side by
+side).
 
 What the ``openai`` client gives, this module keeps: ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``,
-retries with exponential backoff on 429, 5xx and connection errors that honour ``Retry-After``,
-timeouts, and errors that say what the endpoint answered. A configured ``openai.AsyncOpenAI`` can
-be handed in with :meth:`ModelClient.from_openai`; its base URL, key, headers, timeout and retry
-budget are used, its transform is not.
+retries with exponential backoff on 408, 409, 429, 5xx and connection errors that honour
+``Retry-After``, timeouts, errors that say what happened, and the same reading of a
+``text/event-stream`` (multi-line ``data``, comments, ``[DONE]``, error events). A configured
+``openai.AsyncOpenAI`` can be handed in with :meth:`ModelClient.from_openai`; its base URL, key,
+headers, timeout and retry budget are used, its transform is not.
 
-Nothing here logs; the API key lives only in the ``Authorization`` header.
+Secrets stay in the request: the key is sent once, in ``Authorization``, and every error that leaves
+this module has the key and any secret-looking header value (``api-key``, ``x-auth-token``...)
+replaced by ``***``, whatever the server echoed back, because error texts end up in events, stored
+tool results and logs. Nothing here logs.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -28,11 +36,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import asyncio
 
+    import aiohttp
+
 from .exceptions import ConfigurationError, ModelConnectionError, ModelHTTPError, ModelResponseError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 60.0
+MAX_CONNECTIONS = 1000
+REDACTED = "***"
+_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|password|signature|session", re.IGNORECASE)
+_MIN_SECRET = 6  # shorter values are not secrets worth hiding, and would blank out ordinary words
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass
@@ -40,8 +55,8 @@ class ModelClient:
     """An endpoint and how to call it. One instance can be shared by any number of runs."""
 
     base_url: str = DEFAULT_BASE_URL
-    api_key: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    api_key: str | None = field(default=None, repr=False)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
     timeout: float = 120.0
     connect_timeout: float = 10.0
     max_retries: int = 2
@@ -50,10 +65,12 @@ class ModelClient:
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
-        self._http: dict[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()  # type: ignore[assignment]
+        self._http: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    def __repr__(self) -> str:  # never show the key
-        return f"ModelClient(base_url={self.base_url!r}, api_key={'***' if self.api_key else None})"
+    def __repr__(self) -> str:  # never show the key or header values
+        return f"ModelClient(base_url={self._redact(self.base_url)!r}, api_key={REDACTED if self.api_key else None})"
 
     @classmethod
     def from_env(cls) -> ModelClient:
@@ -75,45 +92,53 @@ class ModelClient:
             headers.setdefault("OpenAI-Organization", client.organization)
         if getattr(client, "project", None):
             headers.setdefault("OpenAI-Project", client.project)
-        timeout = getattr(client, "timeout", None)
-        read_timeout = timeout if isinstance(timeout, int | float) else getattr(timeout, "read", None) or 120.0
+        read, connect = _timeouts(getattr(client, "timeout", None))
         return cls(
             base_url=str(client.base_url),
             api_key=client.api_key or None,
             headers=headers,
-            timeout=float(read_timeout),
+            timeout=read,
+            connect_timeout=connect,
             max_retries=int(getattr(client, "max_retries", 2)),
         )
 
     # -- HTTP ------------------------------------------------------------------------------------
 
-    async def _client(self) -> Any:
-        """One pooled httpx2 client per event loop: connections cannot cross loops.
+    async def _session(self) -> aiohttp.ClientSession:
+        """One pooled ``aiohttp`` session per event loop: connections cannot cross loops.
 
         The pool is closed when its loop shuts down (``asyncio.run`` and ``asyncio.Runner`` close every
         open async generator first; :func:`_close_at_shutdown` is one), so a script that never calls
-        :meth:`aclose` still leaves no socket open.
+        :meth:`aclose` still leaves no socket open, and no finalizer has to do I/O.
         """
         import asyncio  # at call time: ``import timestep`` stays light
 
         loop = asyncio.get_running_loop()
         entry = self._http.get(loop)
         if entry is None:
-            import httpx2
+            import aiohttp
 
-            headers = {"content-type": "application/json", "accept": "application/json", **self.headers}
-            if self.api_key:
-                headers["authorization"] = f"Bearer {self.api_key}"
-            http = httpx2.AsyncClient(
-                base_url=self.base_url,
-                headers=headers,
-                timeout=httpx2.Timeout(self.timeout, connect=self.connect_timeout),
-                limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
+            session = aiohttp.ClientSession(
+                headers=self._request_headers(),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=self.timeout, sock_connect=self.connect_timeout, sock_read=self.timeout
+                ),
+                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
             )
-            closer = _close_at_shutdown(http)
+            closer = _close_at_shutdown(session)
             await closer.__anext__()
-            entry = self._http[loop] = (http, closer)
+            entry = self._http[loop] = (session, closer)
         return entry[0]
+
+    def _request_headers(self) -> dict[str, str]:
+        """Ours, then the caller's (which win, as in ``openai``), the key once, in ``Authorization``."""
+        merged: dict[str, tuple[str, str]] = {}
+        defaults = {"Content-Type": "application/json", "Accept": "application/json"}
+        for name, value in (*defaults.items(), *self.headers.items()):
+            merged[name.lower()] = (name, value)
+        if self.api_key and "authorization" not in merged:
+            merged["authorization"] = ("Authorization", f"Bearer {self.api_key}")
+        return dict(merged.values())
 
     async def aclose(self) -> None:
         """Close the connection pool of the running event loop."""
@@ -125,82 +150,141 @@ class ModelClient:
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """One non-streaming Chat Completion, retried as configured."""
-        response = await self._send(body, stream=False)
+        _, raw = await self._send(body, stream=False)
         try:
-            data = json.loads(response.content)
+            data = json.loads(raw)
         except ValueError as exc:
             raise ModelResponseError(
-                f"{self.base_url}/chat/completions answered with invalid JSON: {_snippet(response.content)}"
+                self._redact(f"{self.base_url}/chat/completions answered with invalid JSON: {_snippet(raw)}")
             ) from exc
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
-            raise ModelResponseError(f"{self.base_url}/chat/completions answered without choices: {_snippet(data)}")
+            raise ModelResponseError(
+                self._redact(f"{self.base_url}/chat/completions answered without choices: {_snippet(data)}")
+            )
         return data
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The chunks of a streaming Chat Completion. Retries happen only before the first chunk."""
-        import httpx2
+        import aiohttp
 
-        response = await self._send({**body, "stream": True}, stream=True)
-        done = False
+        response, _ = await self._send({**body, "stream": True}, stream=True)
         try:
-            async for sse in httpx2.EventSource(response):
-                if sse.data == "[DONE]":
-                    done = True
-                    break
-                try:
-                    chunk = json.loads(sse.data)
-                except ValueError:
-                    raise ModelResponseError(
-                        f"the stream sent a chunk that is not JSON: {_snippet(sse.data)}"
-                    ) from None
-                if isinstance(chunk, dict) and "error" in chunk:
-                    raise ModelResponseError(f"the stream reported an error: {_error_message(chunk)}")
-                yield chunk
-        except httpx2.SSEError as exc:
-            raise ModelResponseError(f"{self.base_url}/chat/completions did not answer with a stream: {exc}") from exc
-        except httpx2.HTTPError as exc:
-            raise ModelResponseError(f"the stream broke off before it finished: {exc or type(exc).__name__}") from exc
+            content_type = response.headers.get("content-type", "")
+            if not content_type.startswith("text/event-stream"):
+                raw = await response.read()
+                raise ModelResponseError(
+                    self._redact(
+                        f"{self.base_url}/chat/completions did not answer with a stream (content-type "
+                        f"{content_type or 'missing'!r}): {_snippet(raw) or '(empty body)'}"
+                    )
+                )
+            done = False
+            try:
+                async for event, data in _server_sent_events(response.content):
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    yield self._chunk(event, data)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise ModelResponseError(
+                    self._redact(f"the stream broke off before it finished: {self._describe(exc)}")
+                ) from exc
+            if not done:
+                raise ModelResponseError("the stream ended before it finished (no [DONE]): the connection was cut")
         finally:
-            await response.aclose()
-        if not done:
-            raise ModelResponseError("the stream ended before it finished (no [DONE]): the connection was cut")
+            response.release()  # back to the pool if the body was read to its end, else closed
 
-    async def _send(self, body: dict[str, Any], *, stream: bool) -> Any:
+    def _chunk(self, event: str, data: str) -> dict[str, Any]:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            if event == "error":
+                raise ModelResponseError(self._redact(f"the stream reported an error: {_snippet(data)}")) from None
+            raise ModelResponseError(
+                self._redact(f"the stream sent a chunk that is not JSON: {_snippet(data)}")
+            ) from None
+        if event == "error" or (isinstance(chunk, dict) and "error" in chunk):
+            raise ModelResponseError(self._redact(f"the stream reported an error: {_error_message(chunk)}"))
+        if not isinstance(chunk, dict):
+            raise ModelResponseError(self._redact(f"the stream sent a chunk that is not an object: {_snippet(data)}"))
+        return chunk
+
+    async def _send(self, body: dict[str, Any], *, stream: bool) -> tuple[aiohttp.ClientResponse, bytes]:
+        """POST with retries. Streamed, the open response; else the response and its whole body."""
         import asyncio
 
-        import httpx2
+        import aiohttp
 
-        http = await self._client()
+        session = await self._session()
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        url = "/chat/completions"
+        url = f"{self.base_url}/chat/completions"
         attempt = 0
         while True:
+            response: aiohttp.ClientResponse | None = None
             try:
-                request = http.build_request("POST", url, content=content)
-                response = await http.send(request, stream=stream)
-            except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
+                response = await session.post(url, data=content)
+                if response.status < 400 and stream:
+                    return response, b""
+                raw = await response.read()
+            except (aiohttp.ClientConnectionError, TimeoutError, aiohttp.ClientPayloadError) as exc:
+                if response is not None:
+                    response.release()
                 if attempt >= self.max_retries:
-                    raise ModelConnectionError(
-                        f"cannot reach {self.base_url}: {type(exc).__name__}: {exc or 'no answer'}"
-                        f" (after {attempt + 1} attempt{'s' if attempt else ''})"
-                    ) from exc
+                    raise self._unreachable(exc, answered=response is not None, attempts=attempt + 1) from exc
                 await asyncio.sleep(self._backoff(attempt, None))
                 attempt += 1
                 continue
-            if response.status_code < 400:
-                return response
-            raw = await response.aread()
-            await response.aclose()
-            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
+            except aiohttp.ClientResponseError as exc:  # the server's answer was not valid HTTP
+                raise ModelResponseError(
+                    self._redact(f"{url} answered with a malformed HTTP response: {self._describe(exc)}")
+                ) from exc
+            if response.status < 400:
+                return response, raw
+            if response.status in RETRY_STATUSES and attempt < self.max_retries:
                 await asyncio.sleep(self._backoff(attempt, response.headers))
                 attempt += 1
                 continue
             raise ModelHTTPError(
-                response.status_code,
-                _error_message(raw) + (f" (after {attempt + 1} attempts)" if attempt else ""),
-                url=f"{self.base_url}{url}",
-                body=raw.decode("utf-8", "replace")[:2000],
+                response.status,
+                self._redact(_error_message(raw) + (f" (after {attempt + 1} attempts)" if attempt else "")),
+                url=self._redact(url),
+                body=self._redact(raw.decode("utf-8", "replace")[:2000]),
             )
+
+    def _unreachable(self, exc: BaseException, *, answered: bool, attempts: int) -> Exception:
+        """The error for a request that failed below HTTP: never reached, timed out, or cut mid-answer."""
+        after = f" (after {attempts} attempt{'s' if attempts > 1 else ''})"
+        if answered:  # the status line came, then the body broke off
+            return ModelResponseError(
+                self._redact(f"{self.base_url} answered, but its answer broke off: {self._describe(exc)}{after}")
+            )
+        return ModelConnectionError(self._redact(f"cannot reach {self.base_url}: {self._describe(exc)}{after}"))
+
+    def _describe(self, exc: BaseException) -> str:
+        """What went wrong, never empty: several of these exceptions carry no text of their own."""
+        name = type(exc).__name__
+        import aiohttp
+
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return f"no connection within {self.connect_timeout:g} s ({name})"
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {self.timeout:g} s ({name})"
+        text = str(exc).strip()
+        return f"{name}: {text}" if text else f"{name} (no details given)"
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets():
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def _secrets(self) -> list[str]:
+        found = [self.api_key] if self.api_key else []
+        for name, value in self.headers.items():
+            if _SECRET_HEADER.search(name):
+                found.append(value)
+                found.extend(value.split())  # "Bearer sk-..." hides the bare token too
+        # longest first, so a value containing another is hidden whole
+        return sorted({s for s in found if len(s) >= _MIN_SECRET}, key=len, reverse=True)
 
     def _backoff(self, attempt: int, headers: Any) -> float:
         """``Retry-After`` (seconds, milliseconds or an HTTP date) if the server said; else exponential."""
@@ -209,7 +293,7 @@ class ModelClient:
             after = headers.get("retry-after")
             try:
                 if ms is not None:
-                    return min(float(ms) / 1000, MAX_RETRY_AFTER)
+                    return min(max(float(ms) / 1000, 0.0), MAX_RETRY_AFTER)
                 if after is not None:
                     return min(max(float(after), 0.0), MAX_RETRY_AFTER)
             except ValueError:
@@ -225,11 +309,56 @@ class ModelClient:
         return delay * (0.75 + random.random() / 2)
 
 
-async def _close_at_shutdown(http: Any) -> AsyncIterator[None]:
+def _timeouts(timeout: Any) -> tuple[float, float]:
+    """(read, connect) seconds from an ``openai`` timeout: a number, an ``httpx2.Timeout`` or ``None``."""
+    if isinstance(timeout, int | float):
+        return float(timeout), min(float(timeout), 10.0)
+    read = getattr(timeout, "read", None)
+    connect = getattr(timeout, "connect", None)
+    read_s = float(read) if isinstance(read, int | float) else 600.0
+    return read_s, float(connect) if isinstance(connect, int | float) else min(read_s, 10.0)
+
+
+async def _server_sent_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, str]]:
+    """``(event, data)`` for each event of a ``text/event-stream``, as the WHATWG spec reads it.
+
+    Lines end in CRLF, LF or CR; ``:`` starts a comment; ``data`` lines of one event join with
+    ``\\n``; a blank line dispatches; an event without data is dropped. Lines are split as bytes
+    before decoding, so a UTF-8 character cut across two network reads stays whole.
+    """
+    tail = b""
+    event = ""
+    data: list[str] = []
+    async for piece in content.iter_any():
+        buffer = tail + piece
+        hold = b""
+        if buffer.endswith(b"\r"):  # maybe the first half of a CRLF
+            buffer, hold = buffer[:-1], b"\r"
+        lines = _LINE_END.split(buffer)
+        tail = lines.pop() + hold
+        for raw in lines:
+            if not raw:
+                if data:
+                    yield event or "message", "\n".join(data)
+                event, data = "", []
+                continue
+            line = raw.decode("utf-8", "replace")
+            name, _, value = line.partition(":")
+            if not name:
+                continue  # a comment (": keep-alive")
+            if value.startswith(" "):
+                value = value[1:]
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                event = value
+
+
+async def _close_at_shutdown(session: aiohttp.ClientSession) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await http.aclose()
+        await session.close()
 
 
 def _snippet(value: Any, limit: int = 300) -> str:
@@ -251,4 +380,4 @@ def _error_message(raw: Any) -> str:
             return str(err["message"])
         if isinstance(err, str):
             return err
-    return _snippet(data)
+    return _snippet(data) or "(empty body)"

@@ -23,7 +23,15 @@ class Spec:
 SPECS: dict[str, Spec] = {
     s.name: s
     for s in (
+        Spec("plain_aiohttp", "benchmarks.adapters.plain_aiohttp", ("aiohttp",), "import aiohttp", "memory (a list)"),
         Spec("plain_http", "benchmarks.adapters.plain_http", ("httpx2",), "import httpx2", "memory (a list)"),
+        Spec(
+            "plain_httpx2_sharded",
+            "benchmarks.adapters.plain_httpx2_sharded",
+            ("httpx2",),
+            "import httpx2",
+            "memory (a list)",
+        ),
         Spec("openai_client", "benchmarks.adapters.openai_client", ("openai",), "import openai", "memory (a list)"),
         Spec("timestep", "benchmarks.adapters.timestep", ("timestep",), "import timestep", "FileSession (files)"),
         Spec(
@@ -51,6 +59,9 @@ SPECS: dict[str, Spec] = {
 }
 
 DEFAULT_ORDER = tuple(SPECS)
+FLOORS = ("plain_aiohttp", "plain_http")
+# the HTTP-layer candidates and Timestep run every workload; the peers run the original four
+FULL_SET = frozenset({*FLOORS, "plain_httpx2_sharded", "openai_client", "timestep"})
 
 
 def missing(spec: Spec) -> list[str]:

@@ -1,52 +1,38 @@
-"""The floor: a hand-written Chat Completions loop on httpx2 + json, history kept in a list."""
+"""A floor: the hand-written loop (plain_loop.py) on one ``httpx2.AsyncClient`` + json."""
 
 from __future__ import annotations
 
-import json
+import itertools
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
 
-from benchmarks.common import API_KEY, INSTRUCTIONS, MODEL, TOOL_SCHEMA, weather
-
-MAX_STEPS = 10
-TOOLS = {"get_weather": weather}
+from benchmarks.adapters.plain_loop import PlainConversation
+from benchmarks.common import API_KEY
 
 
-def _merge_tool_deltas(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
-    for d in deltas:
-        call = calls.setdefault(
-            d.get("index", 0), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
-        )
-        if d.get("id"):
-            call["id"] = d["id"]
-        fn = d.get("function") or {}
-        if fn.get("name"):
-            call["function"]["name"] += fn["name"]
-        if fn.get("arguments"):
-            call["function"]["arguments"] += fn["arguments"]
+def _client(base_url: str) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=120.0,
+        limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=1000),
+    )
 
 
-class PlainConversation:
+class HttpxTransport:
     def __init__(self, client: httpx2.AsyncClient) -> None:
         self._client = client
-        self.messages: list[dict[str, Any]] = [{"role": "system", "content": INSTRUCTIONS}]
 
-    async def prefill(self, messages: list[dict[str, str]]) -> None:
-        self.messages.extend(messages)
-
-    async def _complete(self) -> dict[str, Any]:
-        body = {"model": MODEL, "messages": self.messages, "tools": [TOOL_SCHEMA]}
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._client.post("/chat/completions", json=body)
         response.raise_for_status()
-        message: dict[str, Any] = response.json()["choices"][0]["message"]
-        return message
+        data: dict[str, Any] = response.json()
+        return data
 
-    async def _complete_stream(self) -> dict[str, Any]:
-        body = {"model": MODEL, "messages": self.messages, "tools": [TOOL_SCHEMA], "stream": True}
-        text: list[str] = []
-        calls: dict[int, dict[str, Any]] = {}
+    async def data_lines(self, body: dict[str, Any]) -> AsyncIterator[str]:
         async with self._client.stream("POST", "/chat/completions", json=body) as response:
             response.raise_for_status()
             async for line in response.aiter_lines():
@@ -55,51 +41,30 @@ class PlainConversation:
                 data = line[5:].strip()
                 if data == "[DONE]":
                     break
-                choices = json.loads(data).get("choices") or []
-                if not choices:
-                    continue
-                delta = choices[0].get("delta") or {}
-                if delta.get("content"):
-                    text.append(delta["content"])
-                if delta.get("tool_calls"):
-                    _merge_tool_deltas(calls, delta["tool_calls"])
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
-        if calls:
-            message["tool_calls"] = [calls[i] for i in sorted(calls)]
-        return message
-
-    async def turn(self, user_text: str, *, stream: bool) -> str:
-        self.messages.append({"role": "user", "content": user_text})
-        for _ in range(MAX_STEPS):
-            message = await (self._complete_stream() if stream else self._complete())
-            self.messages.append(message)
-            tool_calls = message.get("tool_calls")
-            if not tool_calls:
-                return str(message.get("content") or "")
-            for call in tool_calls:
-                args = json.loads(call["function"]["arguments"] or "{}")
-                result = TOOLS[call["function"]["name"]](**args)
-                self.messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
-        raise RuntimeError("too many model steps")
+                yield data
 
 
 class PlainHttp:
+    """``shards`` clients, conversations spread over them round robin: one pool each, so each pool
+    holds 1/shards of the connections (httpcore2's pool scans all of its connections per request)."""
+
     supports_streaming = True
 
-    def __init__(self, base_url: str) -> None:
-        self._client = httpx2.AsyncClient(
-            base_url=base_url,
-            headers={"Authorization": f"Bearer {API_KEY}"},
-            timeout=120.0,
-            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=1000),
-        )
+    def __init__(self, base_url: str, shards: int = 1) -> None:
+        self._clients = [_client(base_url) for _ in range(shards)]
+        self._next = itertools.cycle(self._clients)
 
     async def conversation(self, conversation_id: str) -> PlainConversation:
-        return PlainConversation(self._client)
+        return PlainConversation(HttpxTransport(next(self._next)))
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in self._clients:
+            await client.aclose()
 
 
 async def create(base_url: str, workdir: Path) -> PlainHttp:
     return PlainHttp(base_url)
+
+
+async def create_sharded(base_url: str, workdir: Path) -> PlainHttp:
+    return PlainHttp(base_url, shards=16)

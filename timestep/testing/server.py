@@ -27,9 +27,11 @@ Design
   chunk first, tool-call arguments split over several deltas, optional usage
   chunk, ``data: [DONE]``), so the official ``openai`` SDK accepts them and
   client code is exercised on the same edge cases it meets in production.
-* **Failure injection.** :meth:`Reply.error`, :meth:`Reply.raw` and
-  :meth:`Reply.cut_after` produce rate limits, malformed bodies and connections
-  dropped mid-stream, which are otherwise hard to provoke deterministically.
+* **Failure injection.** :meth:`Reply.error`, :meth:`Reply.raw`,
+  :meth:`Reply.cut_after` and :meth:`Reply.cut_body_after` produce rate limits,
+  malformed bodies, connections dropped before the answer or mid-stream, and
+  answers reset part-way through their body, which are otherwise hard to
+  provoke deterministically.
 * **Cheap per request.** Benchmarks push thousands of requests through one
   server, so the hot path avoids logging, copies and per-request allocations
   beyond the response itself; recording can be switched off with
@@ -159,6 +161,7 @@ class Reply:
     content_type: str = "application/json"
     delay: float = 0.0
     cut_after_chunks: int | None = None
+    cut_body_after_bytes: int | None = None
 
     # -- constructors -------------------------------------------------------------------------
 
@@ -262,6 +265,18 @@ class Reply:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         return dataclasses.replace(self, cut_after_chunks=n)
+
+    def cut_body_after(self, n: int) -> Reply:
+        """A copy of this reply that answers, then closes the connection ``n`` bytes into the body.
+
+        The status line and headers (with the full ``content-length``) go out, then the first ``n``
+        bytes of the body, then the TCP connection is closed: a reset in the middle of an answer, as
+        opposed to :meth:`cut_after`'s connection that never answers. Streamed replies are cut the
+        same way, ``n`` bytes into the event stream.
+        """
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        return dataclasses.replace(self, cut_body_after_bytes=n)
 
     # -- derived values -----------------------------------------------------------------------
 
@@ -494,6 +509,29 @@ async def _send_body(
     head = _response_head(status, [*headers, (b"content-length", str(len(data)).encode())])
     writer.write(conn.send(head) + conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
     await writer.drain()
+
+
+async def _send_cut_body(
+    conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply, body: dict[str, Any], keep: int
+) -> None:
+    """The head with the whole body's length, ``keep`` bytes of the body, then a closed connection."""
+    if reply.kind == "message":
+        completion = _Completion(reply, body)
+        stream = bool(body.get("stream"))
+        data = b"".join([*completion.frames(), _DONE_FRAME]) if stream else completion.json()
+        headers = _SSE_HEADERS if stream else _JSON_HEADERS
+        status = 200
+    else:
+        data = (
+            _error_body(reply.content or "", reply.error_type, reply.error_code)
+            if reply.kind == "error"
+            else reply.body
+        )
+        headers, status = _JSON_HEADERS, reply.status
+    head = _response_head(status, [*headers, (b"content-length", str(len(data)).encode())])
+    writer.write(conn.send(head) + conn.send(h11.Data(data=data[:keep])))
+    await writer.drain()
+    raise _Closed  # closing the transport still delivers what was written
 
 
 async def _send_stream(
@@ -834,6 +872,8 @@ class TestServer:
         self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply, body: dict[str, Any]
     ) -> None:
         stream = bool(body.get("stream"))
+        if reply.cut_body_after_bytes is not None:
+            await _send_cut_body(conn, writer, reply, body, reply.cut_body_after_bytes)
         cut = reply.cut_after_chunks
         if cut is not None and not (stream and reply.kind == "message"):
             raise _Closed  # nothing to stream: drop the connection without a response
