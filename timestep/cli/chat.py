@@ -45,12 +45,12 @@ from .setup import (
     pick_conversation,
     prepare_agent,
 )
-from .terminal import Terminal, TurnCancelled
+from .terminal import LEAVING, Terminal, TurnCancelled
 from .threads import ToolThreads
 
 Approver = Callable[[Interruption], Awaitable[Any]]
 
-EXIT_COMMANDS = frozenset({"/exit", "/quit", "/q"})
+EXIT_COMMANDS = LEAVING
 HELP_TEXT = "Type a message and press Enter (/help for more). /exit or Ctrl-D leaves; Ctrl-C stops a reply."
 COMMANDS_HELP = (
     "/model [NAME]  show or switch the model",

@@ -90,7 +90,7 @@ class Output:
 
     def error(self, text: str) -> None:
         """One ``error:`` line, however many lines the message had (a server's text may have several)."""
-        self.err.print(Text(f"error: {one_line(text)}", style="bold red"))
+        self.err.print(Text(f"error: {one_line(text)}", style="bold red"), soft_wrap=True)  # the terminal wraps it
 
     def rule(self, title: str) -> None:
         if self.fancy:

@@ -24,6 +24,7 @@ from .render import Output, is_tty
 
 BLOCK = '"""'
 MORE = "... "
+LEAVING = frozenset({"/exit", "/quit", "/q"})
 
 
 def data_dir() -> Path:
@@ -148,6 +149,13 @@ def _prompt_sessions() -> tuple[Any, Any]:
     """prompt_toolkit sessions: messages with the file history and Alt-Enter for a new line."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+
+    class _ChatHistory(FileHistory):
+        """The file history, minus the ways out: Up in the next chat should not offer /exit."""
+
+        def store_string(self, string: str) -> None:
+            if string.strip().lower() not in LEAVING:
+                super().store_string(string)
     from prompt_toolkit.key_binding import KeyBindings
 
     keys = KeyBindings()
@@ -161,7 +169,7 @@ def _prompt_sessions() -> tuple[Any, Any]:
         path = history_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(exist_ok=True)
-        history = FileHistory(str(path))
+        history = _ChatHistory(str(path))
     except OSError:  # a read-only home: history for this chat only
         history = InMemoryHistory()
     messages: Any = PromptSession(history=history, key_bindings=keys, prompt_continuation=MORE)
