@@ -856,3 +856,46 @@ def test_the_offline_server_answers_without_a_responder(agents_file: Path, store
     assert result.exit_code == 0, result.output
     assert "assistant: *This is the built-in offline model" in result.output
     assert "You said: hi" in result.output
+
+
+# -- the README ------------------------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+PROMPTS = ("you> ", "    approve? [y/n] ", "    reason, for the model (Enter to skip): ")
+
+
+def test_the_readme_transcript_matches_a_real_run(server: TestServer, tmp_path: Path) -> None:
+    section = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    agents = re.search(r"```python\n# file: agents.py\n(.*?)```", section, re.S)
+    transcript = re.search(r"```text\n(.*?)```", section, re.S)
+    assert agents and transcript
+    (tmp_path / "agents.py").write_text(agents[1])
+    chat_part, list_part = transcript[1].split("\n$ timestep sessions list\n")
+    command, *shown = chat_part.strip().splitlines()
+    # The person's side is what follows each prompt; the model's is each call and each reply shown.
+    typed = [line[len(p) :] for line in shown for p in PROMPTS if line.startswith(p)]
+    for line in shown:
+        if call := re.fullmatch(r"  -> (\w+)\((\w+)=(\".*\")\)", line):
+            server.script(Reply.tool_calls(ToolCall(call[1], {call[2]: json.loads(call[3])})))
+        elif line.startswith("Assistant: "):
+            server.script(Reply.text(line.removeprefix("Assistant: ")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TIMESTEP_"))}
+    env.update(OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="sk-readme")
+
+    def normal(text: str) -> list[str]:
+        """Conversation ids and dates differ from run to run: everything else must match."""
+        text = re.sub(r"\d{8}-\d{6}-[0-9a-f]{4}", "ID", text)
+        return re.sub(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", "DATE", text).splitlines()
+
+    def timestep(words: str, stdin: str = "") -> list[str]:
+        exe = Path(sys.executable).parent / "timestep"
+        done = subprocess.run(
+            [exe, *shlex.split(words)], input=stdin, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return normal(done.stdout)
+
+    assert len(typed) == 5 and len(server.requests) == 0
+    session = "\n".join(typed) + "\n"
+    assert timestep(command.removeprefix("$ timestep "), session) == normal("\n".join(shown))
+    assert timestep("sessions list") == normal(list_part.strip())

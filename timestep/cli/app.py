@@ -170,6 +170,11 @@ def _conversation_options(fn: F) -> F:
     return _model_options(None)(fn)
 
 
+def _from_env(name: str) -> bool:
+    source = click.get_current_context().get_parameter_source(name)
+    return source is click.core.ParameterSource.ENVIRONMENT
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("agent", metavar="FILE.py:NAME | MODULE:NAME")
 @_conversation_options
@@ -196,7 +201,7 @@ def chat(agent: str, **options: Any) -> None:
     from .chat import run_chat
     from .setup import ChatOptions
 
-    run_chat(agent, ChatOptions(**options))
+    run_chat(agent, ChatOptions(**options, base_url_from_env=_from_env("base_url")))
 
 
 @cli.command("run", context_settings=CONTEXT)
@@ -220,7 +225,7 @@ def run_command(agent: str, prompt: str | None, **options: Any) -> int:
     from .oneshot import run_once
     from .setup import ChatOptions
 
-    return run_once(agent, prompt, ChatOptions(**options))
+    return run_once(agent, prompt, ChatOptions(**options, base_url_from_env=_from_env("base_url")))
 
 
 @cli.command(context_settings=CONTEXT)

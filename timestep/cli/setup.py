@@ -42,6 +42,7 @@ class ChatOptions:
     model: str | None = None
     base_url: str | None = None
     api_key: str | None = None
+    base_url_from_env: bool = False  # OPENAI_BASE_URL: the hint need not repeat it
 
     def resume_command(self, spec: str, conversation_id: str) -> str:
         """``timestep chat SPEC --conversation ID`` plus whatever else this invocation relied on.
@@ -55,7 +56,7 @@ class ChatOptions:
             words += ["--model", self.model]
         if self.offline:
             words.append("--offline")
-        elif self.base_url and self.base_url.rstrip("/") != DEFAULT_BASE_URL:
+        elif self.base_url and not self.base_url_from_env and self.base_url.rstrip("/") != DEFAULT_BASE_URL:
             words += ["--base-url", self.base_url]
         if self.system is not None:
             words += ["--system", self.system]

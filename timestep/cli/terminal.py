@@ -156,6 +156,7 @@ def _prompt_sessions() -> tuple[Any, Any]:
         def store_string(self, string: str) -> None:
             if string.strip().lower() not in LEAVING:
                 super().store_string(string)
+
     from prompt_toolkit.key_binding import KeyBindings
 
     keys = KeyBindings()
