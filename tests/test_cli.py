@@ -180,6 +180,9 @@ def test_chat_decline_in_one_line(runner: CliRunner, server: TestServer, agents_
 
     assert result.exit_code == 0, result.output
     assert "x declined: not today" in result.output
+    assert "reason, for the model" not in result.output  # the reason came with the answer
+    decision = next(i for i in items(store, conversation_id(result.output)) if i.get("journal") == "decision")
+    assert (decision["approve"], decision["message"]) == (False, "not today")
 
 
 def test_chat_shows_a_handoff_and_who_speaks(
@@ -557,21 +560,28 @@ def test_sessions_work_with_sqlite(runner: CliRunner, server: TestServer, agents
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ([], ["timestep chat agents.py:assistant", "timestep demo", "chat", "demo", "sessions", "--debug"]),
-        (["chat"], ["FILE.py:NAME", "--conversation", "--store", "--model", "--base-url", "Ctrl-C"]),
-        (["demo"], ["--offline", "--yes / --no", "scripted model", "--store"]),
+        ([], ["timestep chat agents.py:assistant", "timestep run", "timestep demo", "sessions", "--debug"]),
+        (
+            ["chat"],
+            [
+                *("FILE.py:NAME", "--conversation", "-c, --continue", "-m, --model", "-s, --system", "--no-stream"),
+                *("--offline", "--store", "--base-url", "--api-key", "--debug", "Ctrl-C", "/model", "Alt-Enter"),
+            ],
+        ),
+        (["run"], ["PROMPT", "stdout", "stderr", "status 3", "-c, --continue", "--offline", "git diff |"]),
+        (["demo"], ["--offline", "--yes / --no", "scripted model", "--store", "--debug"]),
         (["sessions"], ["list", "show", "rm"]),
-        (["sessions", "list"], ["--store", "--agent"]),
+        (["sessions", "list"], ["--store", "--agent", "-n, --limit", "--json", "first prompt"]),
         (["sessions", "show"], ["--json", "--agent", "several agents"]),
-        (["sessions", "rm"], ["--yes", "--agent"]),
+        (["sessions", "rm"], ["--yes", "--agent", "no terminal"]),
     ],
 )
 def test_help(runner: CliRunner, args: list[str], expected: list[str]) -> None:
     result = runner.invoke(cli, [*args, "--help"])
     assert result.exit_code == 0, result.output
-    for text in expected:
-        assert text in result.output
-    assert "Examples" in result.output or args == ["sessions", "list"]
+    missing = [text for text in expected if text not in result.output]
+    assert missing == [], result.output
+    assert "Examples:" in result.output
 
 
 def test_console_script_help_runs_and_loads_no_terminal_ui() -> None:

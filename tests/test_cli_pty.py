@@ -241,8 +241,7 @@ def test_two_calls_needing_approval_are_asked_one_after_the_other(spawn: Spawn, 
     results = [m["content"] for m in server.requests[-1].messages if m["role"] == "tool"]
     assert results[0] == "deleted one.txt"
     assert "keep this one" in results[1]
-    child.sendline("/exit")
-    child.expect(pexpect.EOF)
+    leave(child)
 
 
 def leave(child: Any) -> None:
