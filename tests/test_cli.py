@@ -863,6 +863,8 @@ def test_the_offline_server_answers_without_a_responder(agents_file: Path, store
     finally:
         server.terminate()
         server.wait(timeout=30)
+        if server.stdout is not None:
+            server.stdout.close()
     assert result.exit_code == 0, result.output
     assert "assistant: *This is the built-in offline model" in result.output
     assert "You said: hi" in result.output
