@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import runpy
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -182,6 +184,9 @@ def test_chat_decline_in_one_line(runner: CliRunner, server: TestServer, agents_
 
     assert result.exit_code == 0, result.output
     assert "x declined: not today" in result.output
+    assert "reason, for the model" not in result.output  # the reason came with the answer
+    decision = next(i for i in items(store, conversation_id(result.output)) if i.get("journal") == "decision")
+    assert (decision["approve"], decision["message"]) == (False, "not today")
 
 
 def test_chat_shows_a_handoff_and_who_speaks(
@@ -229,12 +234,15 @@ def test_chat_continues_a_conversation_with_its_history(
     first = chat(runner, server, agents_file, store, "my name is Ada\n")
     assert first.exit_code == 0, first.output  # end of input leaves like /exit
     cid = conversation_id(first.output)
+    listed = runner.invoke(cli, ["sessions", "list", "--store", str(store), "--json"])
+    assert [c["messages"] for c in json.loads(listed.output)] == [3]
 
     server.script(Reply.text("You are Ada."))
     second = chat(runner, server, agents_file, store, "who am I?\n/exit\n", "--conversation", cid)
 
     assert second.exit_code == 0, second.output
-    assert f"Continuing conversation {cid} with assistant (2 messages)" in second.output
+    # Counted as `sessions list` counts them: the system message, the question and the reply.
+    assert f"Continuing conversation {cid} with assistant (3 messages)" in second.output
     assert "Last reply: Nice to meet you, Ada." in second.output
     sent = [m["content"] for m in server.requests[-1].messages]
     assert sent == ["Be brief.", "my name is Ada", "Nice to meet you, Ada.", "who am I?"]
@@ -409,9 +417,24 @@ def test_chat_rejected_api_key(runner: CliRunner, agents_file: Path, store: Path
     assert_one_line_error(result, "HTTP 401", "Incorrect API key")
 
 
-def test_chat_unknown_conversation(runner: CliRunner, server: TestServer, agents_file: Path, store: Path) -> None:
-    result = chat(runner, server, agents_file, store, "", "--conversation", "nope")
-    assert_one_line_error(result, "no conversation 'nope' with assistant")
+def test_chat_conversation_names_a_new_one(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.text("Hello, project."))
+    result = chat(runner, server, agents_file, store, "hi\n", "--conversation", "project-x")
+    assert result.exit_code == 0, result.output
+    assert "New conversation project-x with assistant" in result.output
+    assert [i.get("content") for i in items(store, "project-x")][-1] == "Hello, project."
+
+
+def test_chat_continue_latest_without_any_conversation(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    assert_one_line_error(
+        chat(runner, server, agents_file, store, "", "-c"), "no conversation with assistant", "to continue"
+    )
+    both = chat(runner, server, agents_file, store, "", "-c", "--conversation", "x")
+    assert_one_line_error(both, "-c", "--conversation", "not both")
 
 
 def test_store_url_not_understood(runner: CliRunner, server: TestServer, agents_file: Path) -> None:
@@ -449,10 +472,11 @@ def test_sessions_list(runner: CliRunner, store: Path, stored: str) -> None:
 
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["AGENT", "CONVERSATION", "MESSAGES", "LAST", "UPDATE"]
-    rows = {tuple(line.split()[:3]) for line in lines[1:]}
-    assert ("assistant", stored, "9") in rows
-    assert ("helper", f"{stored}~assistant", "3") in rows
+    assert lines[0].split() == ["AGENT", "CONVERSATION", "MESSAGES", "LAST", "UPDATE", "FIRST", "PROMPT"]
+    rows = {tuple(line.split()[:3]): line for line in lines[1:]}
+    assert rows[("assistant", stored, "9")].endswith("  delete a.txt")  # its first prompt
+    assert rows[("helper", f"{stored}~assistant", "3")].endswith("  hi helper")
+    assert "\x1b[" not in result.output  # no colour codes in a pipe
 
     only = runner.invoke(cli, ["sessions", "list", "--store", str(store), "--agent", "helper"])
     assert [line.split()[0] for line in only.output.splitlines()[1:]] == ["helper"]
@@ -469,7 +493,7 @@ def test_sessions_show_transcript_and_json(runner: CliRunner, store: Path, store
 
     assert result.exit_code == 0, result.output
     out = result.output
-    assert f"assistant · {stored} · 9 messages" in out
+    assert f"-- assistant - {stored} - 9 messages --" in out  # plain marks in a pipe
     assert "system: Be brief." in out
     assert "you: delete a.txt" in out
     assert '-> delete_file(path="a.txt")' in out
@@ -504,18 +528,11 @@ def test_sessions_show_unknown_id(runner: CliRunner, store: Path, stored: str) -
     assert_one_line_error(result, "no conversation 'missing'", "timestep sessions list --store")
 
 
-def test_sessions_rm_asks_first(runner: CliRunner, store: Path, stored: str) -> None:
-    kept = runner.invoke(cli, ["sessions", "rm", stored, "--store", str(store)], input="n\n")
-    assert kept.exit_code == 0
-    assert "Delete these 2 conversations" in kept.output
-    assert "Nothing deleted." in kept.output
+def test_sessions_rm_without_a_terminal_needs_yes(runner: CliRunner, store: Path, stored: str) -> None:
+    kept = runner.invoke(cli, ["sessions", "rm", stored, "--store", str(store)], input="y\n")
+    assert_one_line_error(kept, "without a terminal to confirm", "--yes")
     assert items(store, stored)
-
-    gone = runner.invoke(cli, ["sessions", "rm", stored, "--store", str(store)], input="y\n")
-    assert gone.exit_code == 0, gone.output
-    assert "Deleted 2 conversations." in gone.output
-    listing = runner.invoke(cli, ["sessions", "list", "--store", str(store)])
-    assert stored not in listing.output  # the helper's side went with it
+    assert items(store, f"{stored}~assistant", agent="helper")
 
 
 def test_sessions_rm_yes_and_agent(runner: CliRunner, store: Path, stored: str) -> None:
@@ -545,21 +562,28 @@ def test_sessions_work_with_sqlite(runner: CliRunner, server: TestServer, agents
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ([], ["timestep chat agents.py:assistant", "timestep demo", "chat", "demo", "sessions", "--debug"]),
-        (["chat"], ["FILE.py:NAME", "--conversation", "--store", "--model", "--base-url", "Ctrl-C"]),
-        (["demo"], ["--offline", "--yes / --no", "scripted model", "--store"]),
+        ([], ["timestep chat agents.py:assistant", "timestep run", "timestep demo", "sessions", "--debug"]),
+        (
+            ["chat"],
+            [
+                *("FILE.py:NAME", "--conversation", "-c, --continue", "-m, --model", "-s, --system", "--no-stream"),
+                *("--offline", "--store", "--base-url", "--api-key", "--debug", "Ctrl-C", "/model", "Alt-Enter"),
+            ],
+        ),
+        (["run"], ["PROMPT", "stdout", "stderr", "status 3", "-c, --continue", "--offline", "git diff |"]),
+        (["demo"], ["--offline", "--yes / --no", "scripted model", "--store", "--debug"]),
         (["sessions"], ["list", "show", "rm"]),
-        (["sessions", "list"], ["--store", "--agent"]),
+        (["sessions", "list"], ["--store", "--agent", "-n, --limit", "--json", "first prompt"]),
         (["sessions", "show"], ["--json", "--agent", "several agents"]),
-        (["sessions", "rm"], ["--yes", "--agent"]),
+        (["sessions", "rm"], ["--yes", "--agent", "no terminal"]),
     ],
 )
 def test_help(runner: CliRunner, args: list[str], expected: list[str]) -> None:
     result = runner.invoke(cli, [*args, "--help"])
     assert result.exit_code == 0, result.output
-    for text in expected:
-        assert text in result.output
-    assert "Examples" in result.output or args == ["sessions", "list"]
+    missing = [text for text in expected if text not in result.output]
+    assert missing == [], result.output
+    assert "Examples:" in result.output
 
 
 def test_console_script_help_runs_and_loads_no_terminal_ui() -> None:
@@ -588,3 +612,304 @@ def test_library_core_never_imports_click_or_rich() -> None:
         and re.search(r"^\s*(?:import|from)\s+(?:click|rich)\b", path.read_text(), re.MULTILINE)
     ]
     assert offenders == []
+
+
+# -- what a user of llm or clai reaches for ------------------------------------------------------------
+
+
+def resume_args(output: str) -> list[str]:
+    line = next(x for x in output.splitlines() if "Continue with: " in x)
+    words = shlex.split(line.split("Continue with: ", 1)[1])
+    assert words[:2] == ["timestep", "chat"], words
+    return words[1:]
+
+
+def test_the_continue_hint_works_as_printed(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.text("First."))
+    args = ["chat", f"{agents_file}:assistant", "--base-url", server.base_url, "--store", str(store)]
+    first = runner.invoke(cli, [*args, "--model", "other-model"], input="one\n")
+    assert first.exit_code == 0, first.output
+
+    hint = resume_args(first.output)
+    assert ["--store", str(store)] == hint[hint.index("--store") : hint.index("--store") + 2]
+    server.script(Reply.text("Second."))
+    again = runner.invoke(cli, hint, input="two\n")
+
+    assert again.exit_code == 0, again.output
+    assert f"Continuing conversation {conversation_id(first.output)}" in again.output
+    assert [r.body["model"] for r in server.requests] == ["other-model", "other-model"]
+    assert "Last reply: First." in again.output
+
+
+def test_slash_model_switches_and_unknown_commands_are_refused(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.text("from the first"), Reply.text("from the second"))
+
+    result = chat(runner, server, agents_file, store, "/model\nhi\n/model gpt-9\nagain\n/bogus words\n/exit\n")
+
+    assert result.exit_code == 0, result.output
+    assert "Model: test-model (for assistant and its delegates)." in result.output
+    assert "Model: gpt-9 (for assistant and its delegates)." in result.output
+    assert [r.body["model"] for r in server.requests] == ["test-model", "gpt-9"]
+    assert "error: unknown command /bogus (/help lists them" in result.stderr
+    assert all("/bogus" not in json.dumps(r.messages) for r in server.requests)
+    assert "--model gpt-9" in " ".join(resume_args(result.output))
+
+
+def test_a_leading_double_slash_sends_a_slash(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.text("A path."))
+    result = chat(runner, server, agents_file, store, "//etc/hosts is a file\n")
+    assert result.exit_code == 0, result.output
+    assert server.requests[0].messages[-1]["content"] == "/etc/hosts is a file"
+
+
+def test_a_block_between_triple_quotes_is_one_message_in_a_pipe(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.text("Got one line."), Reply.text("Got three lines."))
+
+    result = chat(runner, server, agents_file, store, 'one\n"""\nfirst line\n\nthird line\n"""\n')
+
+    assert result.exit_code == 0, result.output
+    users = [m["content"] for m in server.requests[-1].messages if m["role"] == "user"]
+    assert users == ["one", "first line\n\nthird line"]
+    assert len(server.requests) == 2
+
+
+def test_usage_clear_and_copy(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path, tmp_path: Path
+) -> None:
+    # A clipboard program of our own, first on PATH: /copy must hand it the reply.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    clip = bin_dir / "xclip"
+    clip.write_text(f"#!/bin/sh\ncat > {tmp_path / 'clipboard'}\n")
+    clip.chmod(0o755)
+    runner.env["PATH"] = f"{bin_dir}:/usr/bin:/bin"
+    server.script(Reply.text("The **answer** is 42."), Reply.text("A new start."))
+
+    result = chat(runner, server, agents_file, store, "question\n/usage\n/cp\n/clear\nhello\n")
+
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "clipboard").read_text() == "The **answer** is 42."
+    assert "Copied the last reply (21 characters) with xclip." in result.output
+    used = re.search(r"Tokens in this chat: (\d+) in, (\d+) out, (\d+) in all\.", result.output)
+    assert used, result.output
+    assert int(used[1]) > 0 and int(used[3]) == int(used[1]) + int(used[2])
+    ids = re.findall(r"New conversation (\S+) with assistant", result.output)
+    assert len(ids) == 2 and ids[0] != ids[1]
+    assert items(store, ids[0])[-1]["content"] == "The **answer** is 42."
+    assert items(store, ids[1])[-1]["content"] == "A new start."
+    assert len([m for m in server.requests[-1].messages if m["role"] == "user"]) == 1  # /clear forgot the first
+
+
+def test_continue_latest_system_override_and_no_stream(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.text("old one"), Reply.text("new one"), Reply.text("continued"))
+    older = chat(runner, server, agents_file, store, "first conversation\n")
+    newer = chat(runner, server, agents_file, store, "second conversation\n", "-s", "Answer in French.")
+    assert older.exit_code == newer.exit_code == 0
+    assert server.requests[1].messages[0] == {"role": "system", "content": "Answer in French."}
+
+    result = chat(runner, server, agents_file, store, "and now?\n", "-c", "--no-stream")
+
+    assert result.exit_code == 0, result.output
+    assert f"Continuing conversation {conversation_id(newer.output)}" in result.output
+    assert "assistant: continued" in result.output
+    assert server.requests[-1].stream is False
+    sent = [m["content"] for m in server.requests[-1].messages if m["role"] == "user"]
+    assert sent == ["second conversation", "and now?"]
+
+
+def test_a_first_message_that_fails_leaves_no_conversation(runner: CliRunner, agents_file: Path, store: Path) -> None:
+    with TestServer(api_key="right") as server:
+        args = ["chat", f"{agents_file}:assistant", "--base-url", server.base_url, "--api-key", "wrong"]
+        result = runner.invoke(cli, [*args, "--store", str(store)], input="hello\n")
+
+    assert_one_line_error(result, "HTTP 401", "so the conversation was not stored")
+    listing = runner.invoke(cli, ["sessions", "list", "--store", str(store), "--json"])
+    assert json.loads(listing.output) == []
+
+
+def test_a_server_message_with_newlines_stays_one_error_line(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.error(400, "bad request:\n  messages[1] is too long\n  (limit 10)"))
+    result = chat(runner, server, agents_file, store, "x\n")
+    assert_one_line_error(result, "HTTP 400", "bad request: messages[1] is too long (limit 10)")
+
+
+def test_debug_after_the_subcommand(runner: CliRunner, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    result = runner.invoke(cli, ["chat", f"{broken}:agent", "--debug", "--base-url", "http://x/v1"])
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot import")
+    listing = runner.invoke(cli, ["sessions", "list", "--store", "mysql://db", "--debug"])
+    assert "Traceback" in listing.stderr and "unknown store kind" in listing.stderr
+
+
+def test_an_unknown_store_is_reported_before_the_missing_key(runner: CliRunner, agents_file: Path) -> None:
+    result = runner.invoke(cli, ["chat", f"{agents_file}:assistant", "--store", "mysql://db/chats"])
+    assert_one_line_error(result, "unknown store kind 'mysql'")
+    result = runner.invoke(cli, ["run", f"{agents_file}:assistant", "hi", "--store", "mysql://db/chats"])
+    assert_one_line_error(result, "unknown store kind 'mysql'")
+
+
+def test_sessions_list_json_and_limit(runner: CliRunner, server: TestServer, agents_file: Path, store: Path) -> None:
+    server.responder = lambda body: Reply.text("ok")
+    for n in range(3):
+        assert chat(runner, server, agents_file, store, f"question {n}\n").exit_code == 0
+        os.utime(next((store / "assistant").glob("*.jsonl")), None)  # keep mtimes apart on coarse clocks
+
+    listed = runner.invoke(cli, ["sessions", "list", "--store", str(store), "--json", "--limit", "0"])
+    rows = json.loads(listed.output)
+    assert sorted(r["first_prompt"] for r in rows) == ["question 0", "question 1", "question 2"]
+    assert {r["agent"] for r in rows} == {"assistant"} and {r["messages"] for r in rows} == {3}
+
+    limited = runner.invoke(cli, ["sessions", "list", "--store", str(store), "--limit", "2"])
+    assert limited.exit_code == 0
+    assert len(limited.stdout.splitlines()) == 3  # the header and two rows
+    assert "1 older not shown (--limit 0 lists all)" in limited.stderr
+
+
+# -- timestep run ---------------------------------------------------------------------------------------
+
+
+def run(runner: CliRunner, server: TestServer, agents_file: Path, store: Path, *args: str, stdin: str = "") -> Result:
+    base = ["run", f"{agents_file}:assistant", "--base-url", server.base_url, "--store", str(store)]
+    return runner.invoke(cli, [*base, *args], input=stdin)
+
+
+def test_run_prints_the_reply_alone_on_stdout(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.tool_calls(ToolCall("get_weather", {"city": "Lima"})), Reply.text("Sunny in Lima."))
+
+    result = run(runner, server, agents_file, store, "Summarise:", stdin="a long text\nover two lines\n")
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "Sunny in Lima.\n"
+    assert '-> get_weather(city="Lima")' in result.stderr
+    assert server.requests[0].messages[-1]["content"] == "Summarise:\n\na long text\nover two lines"
+
+
+def test_run_continues_with_c(runner: CliRunner, server: TestServer, agents_file: Path, store: Path) -> None:
+    server.script(Reply.text("I will remember 7."), Reply.text("It was 7."))
+    assert run(runner, server, agents_file, store, "remember 7").exit_code == 0
+    result = run(runner, server, agents_file, store, "-c", stdin="what was it?\n")
+    assert result.stdout == "It was 7.\n"
+    assert [m["content"] for m in server.requests[-1].messages if m["role"] == "user"] == ["remember 7", "what was it?"]
+
+
+def test_run_without_a_terminal_pauses_and_says_how_to_resume(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.tool_calls(ToolCall("delete_file", {"path": "a.txt"})))
+
+    paused = run(runner, server, agents_file, store, stdin="delete a.txt\n")
+
+    assert paused.exit_code == 3, paused.stderr
+    assert paused.stdout == ""
+    assert '|| delete_file(path="a.txt") waits for approval (assistant)' in paused.stderr
+    hint = paused.stderr.split("Decide with: ", 1)[1].strip()
+    server.script(Reply.text("Deleted."))
+    resumed = runner.invoke(cli, shlex.split(hint)[1:], input="y\n")
+    assert resumed.exit_code == 0, resumed.output
+    assert "Really delete a.txt?" in resumed.output and "<- deleted a.txt" in resumed.output
+
+
+def test_run_failure_is_one_error_line_and_leaves_no_conversation(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    server.script(Reply.error(400, "no such model"))
+    result = run(runner, server, agents_file, store, "hi")
+    assert_one_line_error(result, "HTTP 400", "no such model", "not stored")
+    assert result.stdout == ""
+    assert json.loads(runner.invoke(cli, ["sessions", "list", "--store", str(store), "--json"]).output) == []
+    assert_one_line_error(run(runner, server, agents_file, store), "no prompt")
+
+
+# -- offline ------------------------------------------------------------------------------------------
+
+
+def test_chat_offline_needs_no_key_and_calls_a_named_tool(runner: CliRunner, agents_file: Path, store: Path) -> None:
+    args = ["chat", f"{agents_file}:assistant", "--offline", "--store", str(store)]
+    result = runner.invoke(cli, args, input="hello there\nplease get_weather for Oslo\n")
+
+    assert result.exit_code == 0, result.output
+    assert "built-in offline model" in result.output
+    assert "You said: hello there" in result.output
+    assert '-> get_weather(city="please get_weather for Oslo")' in result.output
+    assert "The tool answered: please get_weather for Oslo: sunny, 21C" in result.output
+    assert "--offline" in resume_args(result.output)
+
+
+def test_the_offline_server_answers_without_a_responder(agents_file: Path, store: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "timestep.testing", "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split("listening on ", 1)[1].strip()
+        result = CliRunner().invoke(
+            cli, ["chat", f"{agents_file}:assistant", "--base-url", url, "--store", str(store)], input="hi\n"
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if server.stdout is not None:
+            server.stdout.close()
+    assert result.exit_code == 0, result.output
+    assert "assistant: *This is the built-in offline model" in result.output
+    assert "You said: hi" in result.output
+
+
+# -- the README ------------------------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+PROMPTS = ("you> ", "    approve? [y/n] ", "    reason, for the model (Enter to skip): ")
+
+
+def test_the_readme_transcript_matches_a_real_run(server: TestServer, tmp_path: Path) -> None:
+    section = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    agents = re.search(r"```python\n# file: agents.py\n(.*?)```", section, re.S)
+    transcript = re.search(r"```text\n(.*?)```", section, re.S)
+    assert agents and transcript
+    (tmp_path / "agents.py").write_text(agents[1])
+    chat_part, list_part = transcript[1].split("\n$ timestep sessions list\n")
+    command, *shown = chat_part.strip().splitlines()
+    # The person's side is what follows each prompt; the model's is each call and each reply shown.
+    typed = [line[len(p) :] for line in shown for p in PROMPTS if line.startswith(p)]
+    for line in shown:
+        if call := re.fullmatch(r"  -> (\w+)\((\w+)=(\".*\")\)", line):
+            server.script(Reply.tool_calls(ToolCall(call[1], {call[2]: json.loads(call[3])})))
+        elif line.startswith("Assistant: "):
+            server.script(Reply.text(line.removeprefix("Assistant: ")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TIMESTEP_"))}
+    env.update(OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="sk-readme")
+
+    def normal(text: str) -> list[str]:
+        """Conversation ids and dates differ from run to run: everything else must match."""
+        text = re.sub(r"\d{8}-\d{6}-[0-9a-f]{4}", "ID", text)
+        return re.sub(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", "DATE", text).splitlines()
+
+    def timestep(words: str, stdin: str = "") -> list[str]:
+        exe = Path(sys.executable).parent / "timestep"
+        done = subprocess.run(
+            [exe, *shlex.split(words)], input=stdin, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return normal(done.stdout)
+
+    assert len(typed) == 5 and len(server.requests) == 0
+    session = "\n".join(typed) + "\n"
+    assert timestep(command.removeprefix("$ timestep "), session) == normal("\n".join(shown))
+    assert timestep("sessions list") == normal(list_part.strip())

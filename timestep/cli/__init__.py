@@ -10,5 +10,10 @@ from __future__ import annotations
 def main() -> None:
     """Entry point of the ``timestep`` console script."""
     from .app import cli
+    from .threads import exit_now
 
-    cli.main(prog_name="timestep")
+    try:
+        cli.main(prog_name="timestep")
+    except SystemExit as done:
+        exit_now(done.code)  # a cancelled tool still runs in a thread: leave without joining it
+        raise

@@ -87,11 +87,26 @@ def _tolerant_output() -> None:
                 reconfigure(errors="replace")
 
 
+F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+DEBUG_HELP = "Show the full traceback when something fails."
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    group = ctx.find_root().command
+    if value and isinstance(group, TimestepGroup):
+        group.debug = True
+
+
+def _debug_option(fn: F) -> F:
+    """``--debug`` on every command too, so it works before or after the subcommand."""
+    return click.option(
+        "--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug, help=DEBUG_HELP
+    )(fn)
 
 
 @click.group("timestep", cls=TimestepGroup, context_settings=CONTEXT)
-@click.option("--debug", is_flag=True, envvar="TIMESTEP_DEBUG", help="Show the full traceback when something fails.")
+@click.option("--debug", is_flag=True, envvar="TIMESTEP_DEBUG", help=DEBUG_HELP)
 @click.version_option(package_name="timestep", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -101,19 +116,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
     Examples:
       timestep demo                          a tour that runs offline, in seconds
       timestep chat agents.py:assistant      talk to the Agent `assistant` in agents.py
-      timestep chat myapp.agents:assistant   ... or in an importable module
+      timestep chat agents.py:assistant -c   ... continuing the latest conversation
+      timestep run agents.py:assistant "Hi"  one question, the reply alone on stdout
       timestep sessions list                 the stored conversations
     """
     group = ctx.find_root().command
     if isinstance(group, TimestepGroup):
-        group.debug = debug
-
-
-F = TypeVar("F", bound=Callable[..., Any])
+        group.debug = group.debug or debug
 
 
 def _model_options(default_model: str | None) -> Callable[[F], F]:
-    """The options that pick the model endpoint, shared by ``chat`` and ``demo``."""
+    """The options that pick the model endpoint, shared by ``chat``, ``run`` and ``demo``."""
 
     def decorate(fn: F) -> F:
         model_help = (
@@ -130,35 +143,89 @@ def _model_options(default_model: str | None) -> Callable[[F], F]:
             envvar="OPENAI_BASE_URL",
             help="An OpenAI-compatible endpoint, e.g. http://localhost:11434/v1. [env: OPENAI_BASE_URL]",
         )(fn)
-        return click.option("--model", metavar="NAME", help=model_help)(fn)
+        return click.option("-m", "--model", metavar="NAME", help=model_help)(fn)
 
     return decorate
 
 
+def _conversation_options(fn: F) -> F:
+    """What ``chat`` and ``run`` share: which conversation, where, and how the agent is set up."""
+    for option in reversed(
+        [
+            click.option(
+                "--conversation", metavar="ID", help="Continue this conversation, or start a new one with this id."
+            ),
+            click.option(
+                "-c", "--continue", "continue_latest", is_flag=True, help="Continue the agent's latest conversation."
+            ),
+            click.option("--store", metavar="STORE", default=DEFAULT_STORE, envvar="TIMESTEP_STORE", help=STORE_HELP),
+            click.option("-s", "--system", metavar="TEXT", help="Instructions to use instead of the agent's own."),
+            click.option("--no-stream", is_flag=True, help="Ask for whole replies instead of streamed ones."),
+            click.option(
+                "--offline", is_flag=True, help="Use the built-in scripted model (no key, no network) instead."
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return _model_options(None)(fn)
+
+
+def _from_env(name: str) -> bool:
+    source = click.get_current_context().get_parameter_source(name)
+    return source is click.core.ParameterSource.ENVIRONMENT
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("agent", metavar="FILE.py:NAME | MODULE:NAME")
-@click.option("-c", "--conversation", metavar="ID", help="Continue this conversation (default: start a new one).")
-@click.option("--store", metavar="STORE", default=DEFAULT_STORE, envvar="TIMESTEP_STORE", help=STORE_HELP)
-@_model_options(None)
-def chat(
-    agent: str, conversation: str | None, store: str, model: str | None, base_url: str | None, api_key: str | None
-) -> None:
+@_conversation_options
+@_debug_option
+def chat(agent: str, **options: Any) -> None:
     """Talk to an Agent in the terminal.
 
-    Replies stream as they are written; tool calls, handoffs and guardrails show as they happen,
-    and a call that needs approval is asked here. Ctrl-C stops the current reply, Ctrl-D or /exit
-    leaves. The conversation is saved as it goes: continue it later with --conversation.
+    Replies stream as they are written (as markdown on a terminal); tool calls, handoffs and
+    guardrails show as they happen, and a call that needs approval is asked here. Ctrl-C stops the
+    current reply, Ctrl-D or /exit leaves, /help lists the other commands (/model, /usage, /clear,
+    /copy). Alt-Enter starts a new line, a paste stays one message, and so does a block between two
+    lines of three double quotes (also in a pipe, where every other line is one message). Messages
+    you type are remembered across chats (Up recalls them).
 
     \b
     Examples:
       timestep chat agents.py:assistant
+      timestep chat agents.py:assistant -c
       timestep chat agents.py:assistant --conversation 20250101-120000-ab12
-      timestep chat myapp.agents:support --model gpt-4o --store sqlite:chats.db
+      timestep chat myapp.agents:support -m gpt-4o --store sqlite:chats.db
       timestep chat agents.py:assistant --base-url http://localhost:11434/v1
+      timestep chat agents.py:assistant --offline
     """
     from .chat import run_chat
+    from .setup import ChatOptions
 
-    run_chat(agent, conversation=conversation, store=store, model=model, base_url=base_url, api_key=api_key)
+    run_chat(agent, ChatOptions(**options, base_url_from_env=_from_env("base_url")))
+
+
+@cli.command("run", context_settings=CONTEXT)
+@click.argument("agent", metavar="FILE.py:NAME | MODULE:NAME")
+@click.argument("prompt", required=False)
+@_conversation_options
+@_debug_option
+def run_command(agent: str, prompt: str | None, **options: Any) -> int:
+    """Ask an Agent once: the reply alone on stdout, everything else on stderr.
+
+    The prompt is the argument, or stdin when there is none (with both, stdin comes after the
+    argument). A call that needs approval is asked on the terminal; without one the run pauses,
+    says how to resume, and exits with status 3. Exit status: 0 completed, 1 failed, 3 paused.
+
+    \b
+    Examples:
+      timestep run agents.py:assistant "Weather in Lima?"
+      git diff | timestep run agents.py:reviewer "Review this diff:"
+      timestep run agents.py:assistant -c "And tomorrow?" > answer.md
+    """
+    from .oneshot import run_once
+    from .setup import ChatOptions
+
+    return run_once(agent, prompt, ChatOptions(**options, base_url_from_env=_from_env("base_url")))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -171,6 +238,7 @@ def chat(
 )
 @click.option("--store", metavar="STORE", help="Keep the demo conversation here (default: a temporary folder).")
 @_model_options("gpt-4o-mini")
+@_debug_option
 def demo(
     offline: bool,
     approve: bool | None,
@@ -197,12 +265,14 @@ def demo(
 
 
 @cli.group(context_settings=CONTEXT)
+@_debug_option
 def sessions() -> None:
     """List, read and delete stored conversations.
 
     \b
     Examples:
       timestep sessions list
+      timestep sessions list --limit 5 --json
       timestep sessions show 20250101-120000-ab12
       timestep sessions rm 20250101-120000-ab12 --yes
     """
@@ -211,15 +281,26 @@ def sessions() -> None:
 @sessions.command("list", context_settings=CONTEXT)
 @click.option("--store", metavar="STORE", default=DEFAULT_STORE, envvar="TIMESTEP_STORE", help=STORE_HELP)
 @click.option("--agent", metavar="NAME", help="Only this agent's conversations.")
-def sessions_list(store: str, agent: str | None) -> None:
-    """Every stored conversation, most recent first.
+@click.option(
+    "-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True, help="At most this many; 0 for all."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON list, for scripts.")
+@_debug_option
+def sessions_list(store: str, agent: str | None, limit: int, as_json: bool) -> None:
+    """Stored conversations, most recent first, each with its first prompt.
 
     A handoff's delegate keeps its own conversation, listed under its agent with an id ending in
     ~<caller>.
+
+    \b
+    Examples:
+      timestep sessions list
+      timestep sessions list --agent assistant --limit 0
+      timestep sessions list --json
     """
     from .conversations import list_conversations
 
-    list_conversations(store, agent)
+    list_conversations(store, agent, limit, as_json)
 
 
 @sessions.command("show", context_settings=CONTEXT)
@@ -227,6 +308,7 @@ def sessions_list(store: str, agent: str | None) -> None:
 @click.option("--agent", metavar="NAME", help="The agent, when the id exists under several.")
 @click.option("--store", metavar="STORE", default=DEFAULT_STORE, envvar="TIMESTEP_STORE", help=STORE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the stored items as JSON, exactly as kept.")
+@_debug_option
 def sessions_show(conversation: str, agent: str | None, store: str, as_json: bool) -> None:
     """Print a conversation as a readable transcript.
 
@@ -247,7 +329,8 @@ def sessions_show(conversation: str, agent: str | None, store: str, as_json: boo
 @click.argument("conversation", metavar="ID")
 @click.option("--agent", metavar="NAME", help="Only this agent's side of the conversation.")
 @click.option("--store", metavar="STORE", default=DEFAULT_STORE, envvar="TIMESTEP_STORE", help=STORE_HELP)
-@click.option("-y", "--yes", is_flag=True, help="Delete without asking.")
+@click.option("-y", "--yes", is_flag=True, help="Delete without asking (needed when there is no terminal).")
+@_debug_option
 def sessions_rm(conversation: str, agent: str | None, store: str, yes: bool) -> None:
     """Delete a conversation (asks first).
 

@@ -1,10 +1,15 @@
-"""``timestep chat``: a conversation with an Agent in the terminal, and the turn loop ``demo`` shares.
+"""``timestep chat``: a conversation with an Agent in the terminal, and the turn loop ``demo`` and ``run`` share.
 
 The whole chat runs on one event loop (an :class:`asyncio.Runner`), driven one turn at a time from
 an ordinary loop that reads the next message between turns. That gives Ctrl-C a clear meaning: at
 the prompt it clears the line; during a turn the Runner cancels the turn's task, and
 :func:`close_unfinished` then answers any tool call the turn left open, so the stored conversation
 stays one the model accepts and ``--conversation`` can continue it.
+
+A turn that fails is reported in one line and the chat goes on, unless the endpoint itself is
+wrong (unreachable, a rejected key, an unknown URL or model) before anything ever worked, or
+there is no person to go on with (a pipe). A conversation whose model never answered is not kept
+(:func:`~timestep.cli.setup.forget_if_unanswered`); the message stays in the prompt history.
 
 Questions asked during a run (approvals) must not block the event loop in a way Ctrl-C cannot
 interrupt, so on a terminal they wait for the input line with the loop's reader instead of
@@ -14,16 +19,14 @@ interrupt, so on a terminal they wait for the input line with the loop's reader 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import secrets
-import sys
-import time
+import contextlib
+import dataclasses
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from rich.text import Text
 
 from ..agent import Agent
 from ..approvals import Interruption, load, replay
@@ -31,19 +34,34 @@ from ..handoffs import delegate_session
 from ..model import ModelClient
 from ..run import pending_interruptions, run_agent
 from ..sessions import Session, Store, open_store
-from .loading import load_agent, make_client, with_model
-from .render import Output, Renderer, is_tty, show_interruption
+from .clipboard import copy
+from .loading import load_agent
+from .render import Output, Renderer, one_line, show_interruption
+from .setup import (
+    ChatOptions,
+    forget_if_unanswered,
+    new_conversation_id,
+    open_endpoint,
+    pick_conversation,
+    prepare_agent,
+)
+from .terminal import LEAVING, Terminal, TurnCancelled
+from .threads import ToolThreads
 
 Approver = Callable[[Interruption], Awaitable[Any]]
 
-# Turn failures that mean the endpoint itself is wrong (address, key, model name), not one bad turn.
-ENDPOINT_ERRORS = frozenset({"ModelConnectionError", "ModelHTTPError"})
-EXIT_COMMANDS = frozenset({"/exit", "/quit", "/q"})
-HELP_TEXT = "Type a message and press Enter. /exit or Ctrl-D leaves; Ctrl-C stops a reply."
-
-
-class TurnCancelled(Exception):
-    """The person stopped the turn while a question was on screen."""
+EXIT_COMMANDS = LEAVING
+HELP_TEXT = "Type a message and press Enter (/help for more). /exit or Ctrl-D leaves; Ctrl-C stops a reply."
+COMMANDS_HELP = (
+    "/model [NAME]  show or switch the model",
+    "/usage         tokens used so far",
+    "/clear         start a new conversation (this one is kept)",
+    "/copy, /cp     copy the last reply to the clipboard",
+    "/exit, /quit   leave (or Ctrl-D)",
+    'Alt-Enter starts a new line; a line of """ opens a block that another closes; // sends a leading /.',
+)
+# HTTP statuses that say the endpoint, key or model is wrong rather than this one request.
+SETUP_STATUSES = frozenset({401, 403, 404})
 
 
 class LeftWaiting(Exception):
@@ -52,17 +70,26 @@ class LeftWaiting(Exception):
 
 @dataclass
 class TurnResult:
-    """How a turn ended, from its top-level events."""
+    """How a turn ended, from its events."""
 
     status: str = "completed"
     error: str | None = None
     error_type: str | None = None
+    final_output: str | None = None
     interruptions: list[Interruption] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)
 
+    def add_usage(self, used: dict[str, Any] | None) -> None:
+        for key, value in (used or {}).items():
+            if isinstance(value, int):
+                self.usage[key] = self.usage.get(key, 0) + value
 
-def new_conversation_id() -> str:
-    """Sortable by time, short enough to type, unique enough for one person's conversations."""
-    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    def setup_is_wrong(self) -> bool:
+        """Whether the failure says the endpoint is unusable (as opposed to one bad request)."""
+        if self.error_type == "ModelConnectionError":
+            return True
+        status = re.match(r"HTTP (\d{3})", self.error or "")
+        return self.error_type == "ModelHTTPError" and status is not None and int(status[1]) in SETUP_STATUSES
 
 
 # -- one turn ---------------------------------------------------------------------------------------
@@ -75,15 +102,19 @@ async def run_turn(
     *,
     client: ModelClient,
     renderer: Renderer,
-    approve: Approver,
+    approve: Approver | None,
     approvals: dict[str, Any] | None = None,
+    stream: bool = True,
 ) -> TurnResult:
-    """Run once, rendering every event as it arrives; approvals are asked inline through ``approve``."""
+    """Run once, rendering every event as it arrives; approvals are asked inline through ``approve``.
+
+    Without ``approve``, a call that needs approval pauses the run (status ``interrupted``).
+    """
     handle = run_agent(
         agent,
         messages,
         session,
-        stream=True,
+        stream=stream,
         result_processor=None,
         approvals=approvals,
         approval_handler=approve,
@@ -95,12 +126,15 @@ async def run_turn(
         async for typed in handle:
             event: dict[str, Any] = dict(typed)
             renderer.event(event)
+            if event["type"] == "run_end":
+                result.add_usage(event.get("usage"))  # each agent's part reports its own calls
             if event.get("depth", 0) != 0:
                 continue
             if event["type"] == "error":
                 result.error, result.error_type = str(event.get("error")), str(event.get("error_type"))
             elif event["type"] == "run_end":
                 result.status = str(event.get("status"))
+                result.final_output = event.get("final_output")
                 result.interruptions = [Interruption(**i) for i in event.get("interruptions") or ()]
     finally:
         renderer.close()
@@ -114,20 +148,23 @@ async def converse(
     *,
     client: ModelClient,
     renderer: Renderer,
-    approve: Approver,
+    approve: Approver | None,
     approvals: dict[str, Any] | None = None,
+    stream: bool = True,
 ) -> TurnResult:
     """A turn, plus answering any pause it ends in (a delegate's stale question) until it is done."""
     result = await run_turn(
-        agent, session, messages, client=client, renderer=renderer, approve=approve, approvals=approvals
+        agent, session, messages, client=client, renderer=renderer, approve=approve, approvals=approvals, stream=stream
     )
     for _ in range(10):
-        if result.status != "interrupted" or not result.interruptions:
+        if approve is None or result.status != "interrupted" or not result.interruptions:
             break
         answers = {i.tool_call_id: await approve(i) for i in result.interruptions}
+        used = result.usage
         result = await run_turn(
-            agent, session, [], client=client, renderer=renderer, approve=approve, approvals=answers
+            agent, session, [], client=client, renderer=renderer, approve=approve, approvals=answers, stream=stream
         )
+        result.add_usage(used)
     return result
 
 
@@ -157,100 +194,7 @@ async def close_unfinished(agent: Agent, session: Session, depth: int = 0) -> in
     return len(results)
 
 
-# -- reading from the person ---------------------------------------------------------------------------
-
-
-class Terminal:
-    """Reads what the person types: between turns, and while a run waits for an approval.
-
-    prompt_toolkit is used when it is installed and this is a terminal; otherwise ``input()`` (with
-    readline's line editing where available). When stdin is not a terminal, lines are read as they
-    come and echoed, so a piped session's output reads like the conversation it was.
-    """
-
-    def __init__(self, output: Output, runner: asyncio.Runner | None = None) -> None:
-        self.output = output
-        self.runner = runner
-        self.interactive = is_tty(sys.stdin)
-        self._prompt_session: Any = None
-        self._readline = False
-        if self.interactive and output.fancy and runner is not None:
-            try:
-                prompt_toolkit = importlib.import_module("prompt_toolkit")  # optional: better line editing
-            except ImportError:
-                pass
-            else:
-                self._prompt_session = prompt_toolkit.PromptSession()
-        if self.interactive and self._prompt_session is None:
-            try:
-                import readline  # noqa: F401  (line editing and history for input())
-            except ImportError:
-                pass
-            else:
-                self._readline = True
-
-    def read(self, prompt: str) -> str | None:
-        """The next message, or None at end of input. Ctrl-C raises KeyboardInterrupt."""
-        if self._prompt_session is not None and self.runner is not None:
-            try:
-                line: str = self.runner.run(self._prompt_session.prompt_async(prompt))
-            except EOFError:
-                return None
-            return line
-        if not self.interactive:
-            return self._read_piped(prompt)
-        try:
-            return input(self._styled(prompt))
-        except EOFError:
-            self.output.out.print()
-            return None
-
-    async def ask(self, prompt: str) -> str | None:
-        """An answer while a run is waiting; None at end of input. Ctrl-C cancels the turn."""
-        if self._prompt_session is not None:
-            try:
-                answer: str = await self._prompt_session.prompt_async(prompt)
-            except KeyboardInterrupt:
-                raise TurnCancelled from None
-            except EOFError:
-                return None
-            return answer
-        if not self.interactive:
-            return self._read_piped(prompt)
-        self.output.out.print(Text(prompt, style="bold"), end="")
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        fd = sys.stdin.fileno()
-
-        def readable() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(fd, readable)
-        try:
-            await ready  # a terminal delivers whole lines, so readline() below does not block
-        finally:
-            loop.remove_reader(fd)
-        line = sys.stdin.readline()
-        if not line:
-            self.output.out.print()
-            return None
-        return line.rstrip("\r\n")
-
-    def _read_piped(self, prompt: str) -> str | None:
-        line = sys.stdin.readline()
-        if not line:
-            return None
-        line = line.rstrip("\r\n")
-        self.output.out.print(Text.assemble((prompt, "bold green"), line))
-        return line
-
-    def _styled(self, prompt: str) -> str:
-        if not self.output.fancy:
-            return prompt
-        if self._readline:  # readline must be told which bytes take no room on screen
-            return f"\001\033[1;32m\002{prompt.rstrip()}\001\033[0m\002 "
-        return prompt
+# -- asking the person ------------------------------------------------------------------------------
 
 
 async def settle(renderer: Renderer) -> None:
@@ -300,80 +244,101 @@ def terminal_approver(output: Output, renderer: Renderer, terminal: Terminal) ->
 # -- the command -------------------------------------------------------------------------------------
 
 
-def run_chat(
-    spec: str,
-    *,
-    conversation: str | None,
-    store: str,
-    model: str | None,
-    base_url: str | None,
-    api_key: str | None,
-) -> None:
+def run_chat(spec: str, options: ChatOptions) -> None:
     """``timestep chat``: load the agent, open the store, then talk until the person leaves."""
     agent = load_agent(spec)
-    if model:
-        agent = with_model(agent, model)
-    client = make_client(base_url, api_key)
-    opened = open_store(store)
+    opened = open_store(options.store)  # before the key check: a wrong --store is the first thing to fix
     output = Output()
-    with asyncio.Runner() as runner:
+    threads = ToolThreads()
+    with asyncio.Runner() as runner, contextlib.ExitStack() as stack:
+        runner.get_loop().set_default_executor(threads)
+        client: ModelClient | None = None
         try:
-            Chat(agent, opened, client, output, runner, spec).run(conversation)
+            client = open_endpoint(options, stack)
+            Chat(agent, opened, client, output, runner, spec, options).run()
         finally:
-            runner.run(client.aclose())
+            if client is not None:
+                runner.run(client.aclose())
             runner.run(opened.aclose())
+            if threads.abandon_if_busy():
+                output.note("(a cancelled tool is still running: leaving without waiting for it)")
 
 
 class Chat:
-    """One ``timestep chat`` invocation."""
+    """One ``timestep chat`` invocation: the turn loop and the slash commands."""
 
     def __init__(
-        self, agent: Agent, store: Store, client: ModelClient, output: Output, runner: asyncio.Runner, spec: str
+        self,
+        agent: Agent,
+        store: Store,
+        client: ModelClient,
+        output: Output,
+        runner: asyncio.Runner,
+        spec: str,
+        options: ChatOptions,
     ) -> None:
-        self.agent = agent
+        self.original = agent
+        self.options = options
+        self.agent = prepare_agent(agent, options)
         self.store = store
         self.client = client
         self.output = output
         self.runner = runner
         self.spec = spec
-        self.renderer = Renderer(output)
+        self.renderer = Renderer(output, markdown=output.fancy)
         self.terminal = Terminal(output, runner)
         self.approve = terminal_approver(output, self.renderer, self.terminal)
         self.answered = False  # a turn has succeeded: later endpoint errors are not the setup's fault
+        self.last_reply: str | None = None
+        self.usage = TurnResult()  # summed over the chat's turns
+        self.conversation_id = ""
+        self.fresh = False
+        self.session: Session
 
-    def run(self, conversation: str | None) -> None:
-        conversation_id = conversation or new_conversation_id()
-        self.session = self.store.session(self.agent.name, conversation_id, self.agent.instructions)
+    def run(self) -> None:
+        conversation_id, exists = self.runner.run(pick_conversation(self.store, self.agent, self.options))
+        self._open(conversation_id, fresh=not exists)
         try:
-            if conversation is None:
-                self.output.note(f"New conversation {conversation_id} with {self.agent.name}. {HELP_TEXT}")
+            if exists:
+                self._continue()
             else:
-                self._continue(conversation_id)
+                self.output.note(f"New conversation {conversation_id} with {self.agent.name}. {HELP_TEXT}")
+            if self.options.offline:
+                self.output.note("Offline: the built-in scripted model answers (name a tool to have it called).")
             self._loop()
         except LeftWaiting:
             self.renderer.close()
             self.output.note("")
-            self.output.note(f"No answer: the call waits for approval. {self._resume_hint(conversation_id)}")
+            self.output.note(f"No answer: the call waits for approval. Continue with: {self._resume_command()}")
             return
-        self.output.note(self._resume_hint(conversation_id))
+        self.output.note(self._farewell())
 
-    def _resume_hint(self, conversation_id: str) -> str:
-        return f"Continue with: timestep chat {self.spec} --conversation {conversation_id}"
+    def _open(self, conversation_id: str, *, fresh: bool) -> None:
+        self.conversation_id = conversation_id
+        self.fresh = fresh  # started by this chat: removed again if the model never answers in it
+        self.session = self.store.session(self.agent.name, conversation_id, self.agent.instructions)
 
-    def _continue(self, conversation_id: str) -> None:
-        items = self.runner.run(self.session.get_items())
-        if not any(i.get("role") not in (None, "system") or "journal" in i for i in items):
-            raise click.ClickException(
-                f"no conversation {conversation_id!r} with {self.agent.name} in {self.store.describe()} "
-                "(see 'timestep sessions list')"
-            )
-        messages = [i for i in items if i.get("role") in ("user", "assistant")]
+    def _resume_command(self) -> str:
+        return self.options.resume_command(self.spec, self.conversation_id)
+
+    def _forget_if_unanswered(self) -> bool:
+        return self.fresh and self.runner.run(forget_if_unanswered(self.store, self.agent, self.conversation_id))
+
+    def _farewell(self) -> str:
+        if self._forget_if_unanswered():
+            return "Nothing was stored: the model never answered in this conversation."
+        return f"Continue with: {self._resume_command()}"
+
+    def _continue(self) -> None:
+        messages, _ = self.runner.run(load(self.session))
+        count = sum(1 for m in messages if "role" in m)  # as `timestep sessions list` counts them
         self.output.note(
-            f"Continuing conversation {conversation_id} with {self.agent.name} ({len(messages)} messages)."
+            f"Continuing conversation {self.conversation_id} with {self.agent.name} ({count} messages). {HELP_TEXT}"
         )
         last = next((m for m in reversed(messages) if m.get("role") == "assistant" and m.get("content")), None)
         if last is not None:
-            self.output.note(f"Last reply: {' '.join(str(last['content']).split())[:200]}")
+            self.last_reply = str(last["content"])
+            self.output.note(f"Last reply: {one_line(self.last_reply)[:200]}")
         pending = self.runner.run(pending_interruptions(self.agent, self.session))
         if pending:
             self.output.note(f"It is waiting for {len(pending)} approval{'s' if len(pending) > 1 else ''}.")
@@ -382,22 +347,82 @@ class Chat:
     def _loop(self) -> None:
         while True:
             try:
-                line = self.terminal.read("you> ")
+                text = self.terminal.read_message("you> ")
             except KeyboardInterrupt:
                 self.output.out.print()
                 self.output.note("(/exit or Ctrl-D leaves)")
                 continue
-            if line is None:
+            if text is None:
                 return
-            text = line.strip()
-            if not text:
+            if not text.strip():
                 continue
-            if text.lower() in EXIT_COMMANDS:
-                return
-            if text.lower() in ("/help", "/?"):
-                self.output.note(HELP_TEXT)
+            if text.startswith("//"):
+                text = text[1:]
+            elif text.strip().startswith("/") and "\n" not in text.strip():
+                if self._command(text.strip()):
+                    return
                 continue
-            self._turn([{"role": "user", "content": line}])
+            self._turn([{"role": "user", "content": text}])
+
+    # -- slash commands -------------------------------------------------------------------------------
+
+    def _command(self, line: str) -> bool:
+        """Run a slash command; True means leave. Unknown ones are refused, never sent to the model."""
+        name, _, argument = line.partition(" ")
+        name, argument = name.lower(), argument.strip()
+        if name in EXIT_COMMANDS:
+            return True
+        if name in ("/help", "/?"):
+            for row in COMMANDS_HELP:
+                self.output.note(row)
+        elif name == "/model":
+            self._model(argument)
+        elif name == "/usage":
+            self._show_usage()
+        elif name == "/clear":
+            self._clear()
+        elif name in ("/copy", "/cp"):
+            self._copy()
+        else:
+            self.output.error(
+                f"unknown command {name} (/help lists them; start with // to send a message that begins with /)"
+            )
+        return False
+
+    def _model(self, name: str) -> None:
+        if name:
+            self.options = dataclasses.replace(self.options, model=name)
+            self.agent = prepare_agent(self.original, self.options)
+        delegates = " and its delegates" if self.agent.handoffs else ""
+        self.output.note(f"Model: {self.agent.model} (for {self.agent.name}{delegates}).")
+
+    def _show_usage(self) -> None:
+        used = self.usage.usage
+        if not used:
+            self.output.note("No tokens used yet in this chat (or the endpoint does not report them).")
+            return
+        self.output.note(
+            f"Tokens in this chat: {used.get('prompt_tokens', 0)} in, {used.get('completion_tokens', 0)} out, "
+            f"{used.get('total_tokens', 0)} in all."
+        )
+
+    def _clear(self) -> None:
+        self.output.note(self._farewell())
+        self._open(new_conversation_id(), fresh=True)
+        self.last_reply = None
+        self.output.note(f"New conversation {self.conversation_id} with {self.agent.name}.")
+
+    def _copy(self) -> None:
+        if not self.last_reply:
+            self.output.error("no reply to copy yet")
+            return
+        how = copy(self.last_reply, self.output)
+        if how is None:
+            self.output.error("no clipboard here: install wl-clipboard, xclip or xsel")
+        else:
+            self.output.note(f"Copied the last reply ({len(self.last_reply)} characters) with {how}.")
+
+    # -- turns ------------------------------------------------------------------------------------------
 
     def _turn(self, messages: list[dict[str, Any]], pending: list[Interruption] | None = None) -> None:
         async def go() -> TurnResult:
@@ -410,6 +435,7 @@ class Chat:
                 renderer=self.renderer,
                 approve=self.approve,
                 approvals=approvals or None,
+                stream=not self.options.no_stream,
             )
 
         try:
@@ -421,14 +447,20 @@ class Chat:
             detail = f"; {closed} unfinished tool call{'s' if closed != 1 else ''} marked cancelled" if closed else ""
             self.output.note(f"(reply cancelled{detail})")
             return
+        self.usage.add_usage(result.usage)
         if result.status == "error":
             self._failed(result)
-        else:
-            self.answered = True
+            return
+        self.answered = True
+        if result.final_output:
+            self.last_reply = result.final_output
 
     def _failed(self, result: TurnResult) -> None:
-        message = result.error or "the run failed"
-        fatal = not self.terminal.interactive or (not self.answered and result.error_type in ENDPOINT_ERRORS)
+        message = one_line(result.error or "the run failed")
+        if self._forget_if_unanswered():
+            kept = "; your message is in the prompt history (Up)" if self.terminal.remembers else ""
+            message += f" (so the conversation was not stored{kept})"
+        fatal = not self.terminal.interactive or (not self.answered and result.setup_is_wrong())
         if fatal:
             raise click.ClickException(message)
         self.output.error(message)

@@ -18,11 +18,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
+from rich.text import Text
 
+from ..approvals import load
 from ..handoffs import snake_case
 from ..sessions import ConversationInfo, Store, open_store
 from .app import DEFAULT_STORE
-from .render import Output, conversation_table, print_transcript
+from .render import Output, conversation_table, is_tty, print_transcript
 
 T = TypeVar("T")
 
@@ -52,18 +54,42 @@ async def _matches(store: Store, spec: str, conversation: str, agent: str | None
     return found
 
 
-def list_conversations(spec: str, agent: str | None) -> None:
-    async def work(store: Store) -> tuple[list[ConversationInfo], str]:
-        found = [c for c in await store.list_conversations() if agent is None or c.agent_name == agent]
-        return found, store.describe()
+async def first_prompt(store: Store, info: ConversationInfo) -> str:
+    """What the conversation was started with: its first user message, the closest thing to a title."""
+    messages, _ = await load(store.session(info.agent_name, info.conversation_id, None))
+    first = next((m.get("content") for m in messages if m.get("role") == "user"), None)
+    return first if isinstance(first, str) else json.dumps(first, ensure_ascii=False) if first else ""
 
-    found, where = _with_store(spec, work)
+
+def list_conversations(spec: str, agent: str | None, limit: int, as_json: bool) -> None:
+    async def work(store: Store) -> tuple[list[tuple[ConversationInfo, str]], int, str]:
+        found = [c for c in await store.list_conversations() if agent is None or c.agent_name == agent]
+        shown = found[:limit] if limit else found
+        return [(c, await first_prompt(store, c)) for c in shown], len(found) - len(shown), store.describe()
+
+    rows, hidden, where = _with_store(spec, work)
+    if as_json:
+        listing = [
+            {
+                "agent": c.agent_name,
+                "conversation_id": c.conversation_id,
+                "messages": c.message_count,
+                "updated_at": c.updated_at.isoformat(),
+                "first_prompt": first,
+            }
+            for c, first in rows
+        ]
+        json.dump(listing, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return
     output = Output()
-    if not found:
+    if not rows:
         whose = f" for {agent}" if agent else ""
         output.note(f"No conversations{whose} in {where}.")
         return
-    conversation_table(output, found)
+    conversation_table(output, rows)
+    if hidden:  # on stderr, so the table stays a table in a pipe
+        output.err.print(Text(f"{hidden} older not shown (--limit 0 lists all)", style="dim"))
 
 
 def show_conversation(spec: str, conversation: str, agent: str | None, as_json: bool) -> None:
@@ -100,6 +126,8 @@ def remove_conversation(spec: str, conversation: str, agent: str | None, yes: bo
         for c in doomed:
             output.line(f"  {c.agent_name} / {c.conversation_id} ({c.message_count} messages)")
         what = "this conversation" if len(doomed) == 1 else f"these {len(doomed)} conversations"
+        if not yes and not is_tty(sys.stdin):
+            raise click.ClickException(f"not deleting {what} without a terminal to confirm: add --yes")
         if not yes and not click.confirm(f"Delete {what} from {store.describe()}?", default=False):
             return 0
         for c in doomed:

@@ -27,8 +27,9 @@ from ..testing import Reply, ToolCall
 
 if TYPE_CHECKING:
     from ..approvals import Interruption
-    from .chat import Approver, Terminal
+    from .chat import Approver
     from .render import Output, Renderer
+    from .terminal import Terminal
 
 DEFAULT_MODEL = "gpt-4o-mini"
 
@@ -226,9 +227,11 @@ def run_demo(
     from ..model import ModelClient
     from ..sessions import open_store
     from ..testing import TestServer
-    from .chat import Terminal, converse, new_conversation_id
+    from .chat import converse
     from .loading import make_client, with_model
     from .render import Output, Renderer
+    from .setup import new_conversation_id
+    from .terminal import Terminal
 
     output = Output()
     online = not offline and bool(base_url or api_key)

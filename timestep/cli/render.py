@@ -17,6 +17,8 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console
+from rich.live import Live
+from rich.markdown import Markdown
 from rich.status import Status
 from rich.table import Table
 from rich.text import Text
@@ -42,10 +44,12 @@ class Marks:
     handoff: str
     back: str
     rule: str
+    more: str  # the end of a shortened text
+    sep: str  # between the parts of a title
 
 
-FANCY = Marks("→", "←", "✗", "⊘", "⏸", "✓", "✗", "⇢", "⇠", "─")
-PLAIN = Marks("->", "<-", "x", "!!", "||", "+", "x", ">>", "<<", "-")
+FANCY = Marks("→", "←", "✗", "⊘", "⏸", "✓", "✗", "⇢", "⇠", "─", "…", " · ")
+PLAIN = Marks("->", "<-", "x", "!!", "||", "+", "x", ">>", "<<", "-", "...", " - ")
 
 
 def is_tty(stream: Any) -> bool:
@@ -58,19 +62,19 @@ def is_tty(stream: Any) -> bool:
 class Output:
     """Where and how the commands print: rich on a terminal, plain text anywhere else."""
 
-    def __init__(self, fancy: bool | None = None) -> None:
+    def __init__(self, fancy: bool | None = None, *, stderr: bool = False) -> None:
         if fancy is None:
-            fancy = is_tty(sys.stdout) and os.environ.get("TERM") != "dumb"
+            fancy = is_tty(sys.stderr if stderr else sys.stdout) and os.environ.get("TERM") != "dumb"
         self.fancy = fancy
         self.marks = FANCY if fancy else PLAIN
         if fancy:
-            self.out = Console(highlight=False, emoji=False)
+            self.out = Console(stderr=stderr, highlight=False, emoji=False)
             self.err = Console(stderr=True, highlight=False, emoji=False)
         else:
             plain: dict[str, Any] = dict(
                 force_terminal=False, no_color=True, highlight=False, emoji=False, soft_wrap=True, width=10_000
             )
-            self.out = Console(**plain)
+            self.out = Console(stderr=stderr, **plain)
             self.err = Console(stderr=True, **plain)
 
     def line(self, text: str | Text = "", style: str = "", *, clip: bool = False) -> None:
@@ -85,7 +89,8 @@ class Output:
         self.line(text, "dim")
 
     def error(self, text: str) -> None:
-        self.err.print(Text(f"error: {text}", style="bold red"))
+        """One ``error:`` line, however many lines the message had (a server's text may have several)."""
+        self.err.print(Text(f"error: {one_line(text)}", style="bold red"), soft_wrap=True)  # the terminal wraps it
 
     def rule(self, title: str) -> None:
         if self.fancy:
@@ -97,13 +102,17 @@ class Output:
         return self.out.status(Text(message, style="dim"), spinner="dots")
 
 
-def shorten(text: str, limit: int = 120) -> str:
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def shorten(text: str, limit: int = 120, more: str = "...") -> str:
     """One line of at most ``limit`` characters: tool arguments and results are shown, not read."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    flat = one_line(text)
+    return flat if len(flat) <= limit else flat[: limit - len(more)] + more
 
 
-def call_text(name: str, arguments: Any, limit: int = 120) -> str:
+def call_text(name: str, arguments: Any, limit: int = 120, more: str = "...") -> str:
     """``get_weather(city="Paris")``: how a tool call reads at a glance."""
     if isinstance(arguments, dict):
         inner = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in arguments.items())
@@ -111,7 +120,7 @@ def call_text(name: str, arguments: Any, limit: int = 120) -> str:
         inner = ""
     else:
         inner = str(arguments)
-    return shorten(f"{name}({inner})", limit)
+    return shorten(f"{name}({inner})", limit, more)
 
 
 class Renderer:
@@ -119,12 +128,18 @@ class Renderer:
 
     Replies stream under the speaking agent's name; anything a delegate does is indented one step
     per handoff, so who is speaking is always visible. Between outputs a spinner (terminal only)
-    shows that the model or a tool is working.
+    shows that the model or a tool is working. With ``markdown`` (a terminal), the top agent's
+    reply is rendered as markdown while it streams, redrawn as it grows; a pipe gets the text as
+    the model wrote it, which is markdown's own readable form.
     """
 
-    def __init__(self, output: Output) -> None:
+    def __init__(self, output: Output, *, markdown: bool = False, replies: bool = True) -> None:
         self.output = output
         self.marks = output.marks
+        self.markdown = markdown and output.fancy
+        self.replies = replies  # False: the top agent's words go elsewhere (``timestep run``'s stdout)
+        self._live: Live | None = None
+        self._written = ""
         self._line_open = False
         self._speaker: tuple[str, int] | None = None
         self._streamed: set[tuple[str, int]] = set()
@@ -195,20 +210,28 @@ class Renderer:
     def _show_call(self, e: Event) -> None:
         name = str(e.get("name", ""))
         again = " (again)" if e.get("retry") else ""
-        text = f"{self.marks.call} {call_text(name, e.get('arguments'))}{again}"
+        text = f"{self.marks.call} {call_text(name, e.get('arguments'), more=self.marks.more)}{again}"
         self._line(int(e.get("depth", 0)) + 1, text, "yellow")
         self.wait(f"running {name}…")
 
     def _on_tool_result(self, e: Event) -> None:
         if e.get("tool_call_id") in self._handoff_calls:
             return
-        self._line(int(e.get("depth", 0)) + 2, f"{self.marks.result} {shorten(str(e.get('result', '')))}", "cyan")
+        self._line(
+            int(e.get("depth", 0)) + 2,
+            f"{self.marks.result} {shorten(str(e.get('result', '')), more=self.marks.more)}",
+            "cyan",
+        )
         self.wait()
 
     def _on_tool_error(self, e: Event) -> None:
         if e.get("declined"):
             return  # the approval line already said so
-        self._line(int(e.get("depth", 0)) + 2, f"{self.marks.error} {shorten(str(e.get('error', '')), 200)}", "red")
+        self._line(
+            int(e.get("depth", 0)) + 2,
+            f"{self.marks.error} {shorten(str(e.get('error', '')), 200, self.marks.more)}",
+            "red",
+        )
         self.wait()
 
     def _on_guardrail_blocked(self, e: Event) -> None:
@@ -218,7 +241,8 @@ class Renderer:
         self.wait()
 
     def _on_interrupt(self, e: Event) -> None:
-        text = f"{self.marks.pause} {call_text(str(e.get('name', '')), e.get('arguments'))} waits for approval"
+        call = call_text(str(e.get("name", "")), e.get("arguments"), more=self.marks.more)
+        text = f"{self.marks.pause} {call} waits for approval"
         self._line(int(e.get("depth", 0)) + 2, text, "magenta")
 
     def _on_approval(self, e: Event) -> None:
@@ -236,7 +260,7 @@ class Renderer:
             self._handoff_calls.add(str(e["tool_call_id"]))
         self._deferred = None
         resumed = " (resuming)" if e.get("resumed") else ""
-        message = f": {shorten(str(e.get('message', '')), 100)}" if e.get("message") else ""
+        message = f": {shorten(str(e.get('message', '')), 100, self.marks.more)}" if e.get("message") else ""
         text = f"{self.marks.handoff} {e.get('agent')} hands over to {e.get('target')}{resumed}{message}"
         self._line(int(e.get("depth", 0)) + 1, text, "magenta")
         self.wait()
@@ -254,10 +278,15 @@ class Renderer:
     # -- layout -----------------------------------------------------------------------------------
 
     def _text(self, agent: str, depth: int, text: str) -> None:
+        if depth == 0 and not self.replies:
+            return
         self.stop_waiting()
         key = (agent, depth)
         self._streamed.add(key)
         indent = "  " * depth
+        if self.markdown and depth == 0:
+            self._markdown(key, text)
+            return
         if not self._line_open or self._speaker != key:
             self._end_line()
             style = "bold cyan" if depth == 0 else "bold magenta"
@@ -272,7 +301,25 @@ class Renderer:
         self._end_line()
         self.output.line("  " * depth + text, style, clip=True)
 
+    def _markdown(self, key: tuple[str, int], text: str) -> None:
+        if self._live is None or self._speaker != key:
+            self._end_line()
+            self.output.out.print(Text(f"{key[0]}:", style="bold cyan"))
+            self._written = ""
+            self._live = Live(console=self.output.out, refresh_per_second=8, vertical_overflow="visible")
+            self._live.start()
+            self._speaker, self._line_open = key, True
+        self._written += text
+        self._live.update(Markdown(self._written))
+
     def _end_line(self) -> None:
+        if self._live is not None:
+            self._live.update(Markdown(self._written), refresh=True)
+            self._live.stop()
+            self._live = None
+            self._line_open = False
+            self._speaker = None
+            return
         if self._line_open:
             self.output.out.print()
             self._line_open = False
@@ -286,7 +333,7 @@ class Renderer:
 
 def show_interruption(output: Output, interruption: Interruption) -> None:
     """What a person needs in order to decide: the exact call, who wants it, and the guardrail's question."""
-    call = call_text(interruption.tool_name, interruption.args, 200)
+    call = call_text(interruption.tool_name, interruption.args, 200, output.marks.more)
     if interruption.kind == "unknown_outcome":
         head = f"{output.marks.pause} {call} was interrupted and may or may not have run ({interruption.agent})"
     else:
@@ -299,14 +346,23 @@ def show_interruption(output: Output, interruption: Interruption) -> None:
 # -- stored conversations ----------------------------------------------------------------------------
 
 
-def conversation_table(output: Output, conversations: Iterable[ConversationInfo]) -> None:
-    """``timestep sessions list``: a table on a terminal, aligned columns in a pipe."""
-    rows = [(c.agent_name, c.conversation_id, str(c.message_count), _when(c.updated_at)) for c in conversations]
-    header = ("AGENT", "CONVERSATION", "MESSAGES", "LAST UPDATE")
+def conversation_table(output: Output, conversations: Iterable[tuple[ConversationInfo, str]]) -> None:
+    """``timestep sessions list``: a table on a terminal, aligned columns in a pipe; each with its first prompt."""
+    rows = [
+        (
+            c.agent_name,
+            c.conversation_id,
+            str(c.message_count),
+            _when(c.updated_at),
+            shorten(first, 60, output.marks.more),
+        )
+        for c, first in conversations
+    ]
+    header = ("AGENT", "CONVERSATION", "MESSAGES", "LAST UPDATE", "FIRST PROMPT")
     if output.fancy:
         table = Table(box=None, header_style="bold", pad_edge=False)
         for n, title in enumerate(header):
-            table.add_column(title, justify="right" if n == 2 else "left", no_wrap=True)
+            table.add_column(title, justify="right" if n == 2 else "left", no_wrap=True, overflow="ellipsis")
         for row in rows:
             table.add_row(*(Text(cell) for cell in row))  # names are data, never markup
         output.out.print(table)
@@ -327,7 +383,7 @@ def print_transcript(output: Output, agent_name: str, conversation_id: str, item
     """
     marks = output.marks
     messages = sum(1 for i in items if "role" in i)
-    output.rule(f"{agent_name} · {conversation_id} · {messages} messages")
+    output.rule(f"{agent_name}{marks.sep}{conversation_id}{marks.sep}{messages} messages")
     names: dict[str, str] = {}
     for item in items:
         role = item.get("role")
@@ -344,13 +400,14 @@ def print_transcript(output: Output, agent_name: str, conversation_id: str, item
                 fn = call.get("function") or {}
                 names[call.get("id", "")] = fn.get("name", "")
                 output.line(
-                    f"  {marks.call} {call_text(fn.get('name', ''), _decoded(fn.get('arguments')), 200)}", "yellow"
+                    f"  {marks.call} {call_text(fn.get('name', ''), _decoded(fn.get('arguments')), 200, marks.more)}",
+                    "yellow",
                 )
         elif role == "tool":
             name = names.get(item.get("tool_call_id", ""), "tool")
-            output.line(f"    {marks.result} {name}: {shorten(text, 200)}", "cyan")
+            output.line(f"    {marks.result} {name}: {shorten(text, 200, marks.more)}", "cyan")
         elif item.get("journal") == "interrupt":
-            call = call_text(str(item.get("tool")), item.get("args"), 200)
+            call = call_text(str(item.get("tool")), item.get("args"), 200, marks.more)
             output.line(f"    {marks.pause} approval asked for {call}: {item.get('prompt') or ''}", "magenta")
         elif item.get("journal") == "decision":
             if item.get("approve"):

@@ -6,6 +6,9 @@ compete with the client being measured (both would otherwise share one GIL)::
     python -m timestep.testing --port 8123 --latency 0.1 \\
         --responder timestep.testing:tool_then_answer --no-record
 
+Without ``--responder`` it answers with :func:`timestep.testing.offline.offline_model`, so
+``timestep chat agents.py:bot --base-url http://127.0.0.1:8123/v1`` works against it as it is.
+
 It prints ``listening on http://HOST:PORT/v1`` once connections are accepted
 (callers wait for that line instead of polling the port), serves until SIGTERM
 or SIGINT and then exits with status 0. The server runs on the main thread's
@@ -21,6 +24,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from timestep.testing.offline import offline_model
 from timestep.testing.server import Responder, TestServer
 
 
@@ -51,10 +55,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--responder",
         type=_load_responder,
-        default=None,
+        default=offline_model,
         metavar="MODULE:FUNCTION",
-        help="callable(body) -> Reply answering every request (e.g. timestep.testing:tool_then_answer); "
-        "without it every chat completion request gets a 500",
+        help="callable(body) -> Reply answering every request, e.g. timestep.testing:tool_then_answer "
+        "(default: timestep.testing.offline:offline_model, which repeats what it is told and calls a tool "
+        "when the message names it)",
     )
     parser.add_argument("--no-record", dest="record", action="store_false", help="do not keep requests in memory")
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer API_KEY'")
