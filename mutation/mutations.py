@@ -557,7 +557,7 @@ MORE: list[Mutation] = [
         'TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")',
         'TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,65}$")',
         "a 65-character tool name is accepted (the API's limit is 64; boundary)",
-        ("tests/test_tools.py",),
+        (_p("test_tool_names_stop_at_the_apis_64_characters"), "tests/test_tools.py"),
     ),
     Mutation(
         "idempotent-flag-lost",

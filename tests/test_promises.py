@@ -19,6 +19,7 @@ import pytest
 from timestep import (
     Agent,
     ApprovalError,
+    ConfigurationError,
     FileSession,
     GuardrailInterrupt,
     GuardrailResult,
@@ -27,6 +28,7 @@ from timestep import (
     ModelClient,
     pending_interruptions,
     run_agent,
+    tool,
 )
 from timestep.approvals import load
 from timestep.testing import Reply, TestServer, ToolCall
@@ -380,3 +382,12 @@ async def test_model_settings_are_sent_with_every_request(server: TestServer, cl
     assert len(server.requests) == 4
     for request in server.requests:
         assert {k: request.body.get(k) for k in settings} == settings
+
+
+def test_tool_names_stop_at_the_apis_64_characters() -> None:
+    def lookup() -> str:
+        return ""
+
+    assert tool(lookup, name="a" * 64).name == "a" * 64
+    with pytest.raises(ConfigurationError, match="not allowed"):
+        tool(lookup, name="a" * 65)
