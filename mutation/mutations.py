@@ -278,7 +278,7 @@ MORE: list[Mutation] = [
         "if edited is not None and edited != args:",
         "if edited is not None:",
         "an approval that repeats the arguments restarts the chain (swapped condition)",
-        ("tests/test_approvals.py", "tests/test_edge_cases.py"),
+        (_p("test_an_approval_of_edited_arguments_does_not_depend_on_key_order"), "tests/test_docs.py"),
     ),
     Mutation(
         "inherited-output-guardrails-last",
@@ -394,7 +394,7 @@ MORE: list[Mutation] = [
         "        messages = ctx.config.history(messages)",
         "        pass",
         "RunConfig(history=...) does not trim what is sent",
-        ("tests/test_history.py",),
+        ("tests/test_stores_runs.py::test_a_history_policy_trims_the_request_but_not_the_store",),
     ),
     Mutation(
         "delegate-pending-hidden",
