@@ -50,8 +50,8 @@ def answer_after_tools(*calls: ToolCall) -> Any:
     return model
 
 
-async def events_of(agent: Agent, messages: list[dict[str, Any]], store: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    return [e async for e in run_agent(agent, messages, store, result_processor=None, **kwargs)]
+async def events_of(agent: Agent, messages: list[dict[str, Any]], conv: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    return [e async for e in run_agent(agent, messages, conv, result_processor=None, **kwargs)]
 
 
 # -- crashes: the same id, the same arguments, and a re-run that says so ------------------------
@@ -106,8 +106,8 @@ async def test_the_tool_call_event_of_a_rerun_says_retry(
 # -- results saved out of turn -------------------------------------------------------------------
 
 
-async def _journaled_result(store: FileSession, call_id: str) -> bool:
-    _, journal = await load(store)
+async def _journaled_result(conv: FileSession, call_id: str) -> bool:
+    _, journal = await load(conv)
     return any(r.get("journal") == "result" and r.get("call") == call_id for r in journal)
 
 
@@ -138,21 +138,21 @@ async def test_a_result_saved_while_an_earlier_call_ran_is_used_not_run_again(
     )
     async for event in run_agent(agent, PAY, conv, result_processor=None, client=client):
         if event["type"] == "tool_result" and event["tool_call_id"] == "c2":
-            # The run goes on in its own task while we look: stop it once c2's result is saved
-            # (bounded, in case a broken build never saves it: the assertions below then fail).
+            # The run goes on in its own task while we look: stop it once c1 runs and c2's result
+            # is saved (bounded, in case a broken build never saves it: the assertions below fail).
             for _ in range(500):
-                if await _journaled_result(conv, "c2"):
+                if "slow" in runs and await _journaled_result(conv, "c2"):
                     break
                 await asyncio.sleep(0.01)
             break
-    assert runs == ["slow", "quick"]
+    assert sorted(runs) == ["quick", "slow"]
 
     resumed = await run_agent(agent, [], conv, client=client)
     assert resumed["status"] == "interrupted"
     assert [(i["tool_call_id"], i["kind"]) for i in resumed["interruptions"]] == [("c1", "unknown_outcome")]
     server.script(Reply.text("Lima found; the charge was not retried."))
     done = await run_agent(agent, [], conv, approvals={"c1": False}, client=client)
-    assert done["status"] == "completed" and runs == ["slow", "quick"]
+    assert done["status"] == "completed" and sorted(runs) == ["quick", "slow"]
     assert tool_results(server.requests[-1])["c2"] == "found Lima"
     items, _ = await load(conv)
     assert valid_for_api(items)
@@ -167,7 +167,6 @@ def _ask_always(prompt: str) -> Any:
     def guardrail(tool_name: str, args: dict[str, Any]) -> GuardrailResult:
         raise GuardrailInterrupt(prompt, tool_name, args)
 
-    guardrail.__name__ = prompt.split()[0].lower()
     return guardrail
 
 
@@ -191,7 +190,10 @@ async def test_each_approval_guardrail_of_a_call_gets_its_own_answer(
         name="Bank",
         model="m",
         tools=[transfer],
-        guardrails=[InputGuardrail(_ask_always("Compliance: ok?")), InputGuardrail(_ask_always("Manager: ok?"))],
+        guardrails=[
+            InputGuardrail(_ask_always("Compliance: ok?"), name="compliance"),
+            InputGuardrail(_ask_always("Manager: ok?"), name="manager"),
+        ],
     )
     asked: list[str] = []
 
@@ -217,6 +219,28 @@ async def test_each_approval_guardrail_of_a_call_gets_its_own_answer(
     server.script(Reply.text("sent"))
     third = await run_agent(agent, [], conv, approvals={"t2": True}, client=client)
     assert third["status"] == "completed" and sent == [(5, "Ada"), (5, "Ada")]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: execution._approve matches a recorded decision to its guardrail by name, so two approval "
+    "guardrails with the same name (two made by one factory, two lambdas) share one answer",
+)
+async def test_two_approval_guardrails_with_the_same_name_each_get_an_answer(
+    server: TestServer, client: ModelClient, store: Path
+) -> None:
+    agent = Agent(
+        name="Bank",
+        model="m",
+        tools=[transfer],
+        guardrails=[InputGuardrail(_ask_always("Compliance: ok?")), InputGuardrail(_ask_always("Manager: ok?"))],
+    )
+    conv = FileSession("Bank", "same-name", None, store)
+    server.script(Reply.tool_calls(ToolCall("transfer", {"amount": 5, "to": "Ada"}, id="t1")), Reply.text("sent"))
+    await run_agent(agent, PAY, conv, client=client)
+    second = await run_agent(agent, [], conv, approvals={"t1": True}, client=client)
+    assert second["status"] == "interrupted" and second["interruptions"][0]["prompt"] == "Manager: ok?"
+    assert sent == []
 
 
 async def test_a_person_is_shown_the_arguments_the_guardrail_names(
