@@ -47,7 +47,16 @@ def readme_model(body: dict[str, Any]) -> Reply:
 
 
 def test_every_readme_block_is_checked() -> None:
-    assert len(BLOCKS) >= 8
+    """No code sample can slip past the runner: every fence is python (run), bash or text (shown)."""
+    fences = re.findall(r"^```(.*)$", README.read_text(), flags=re.M)
+    openings = fences[::2]
+    assert len(fences) % 2 == 0 and all(f == "" for f in fences[1::2]), "an unclosed or odd code fence"
+    assert set(openings) <= {"python", "bash", "text"}, f"unexpected fence languages: {set(openings)}"
+    assert openings.count("python") == len(BLOCKS) >= 8
+    for n, block in enumerate(BLOCKS):
+        compile(block, f"README block {n}", "exec")  # a syntax error names its block
+    names = [m.group(1) for b in BLOCKS if (m := re.match(r"# file: (\S+)\n", b))]
+    assert len(names) == len(set(names)), "two README blocks write the same file"
 
 
 def test_readme_snippets_run_unchanged(server: TestServer, tmp_path: Path) -> None:

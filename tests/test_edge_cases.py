@@ -211,7 +211,15 @@ async def test_two_transfers_to_one_delegate_take_turns(server: TestServer, clie
         "helper: info about A",
         "helper: info about B",
     ]
-    assert valid_for_api(await FileSession("Helper", "par~boss", None, store).get_items())
+    helper_items = [i for i in await FileSession("Helper", "par~boss", None, store).get_items() if "role" in i]
+    assert valid_for_api(helper_items)
+    # One delegation at a time: each request's whole exchange comes before the next request.
+    assert [i["role"] for i in helper_items] == ["user", "assistant", "tool", "assistant"] * 2
+    firsts = [helper_items[0]["content"], helper_items[4]["content"]]
+    assert sorted(firsts) == ["A", "B"]
+    for n, asked in ((0, firsts[0]), (4, firsts[1])):
+        assert helper_items[n + 2]["content"] == f"info about {asked}"
+        assert helper_items[n + 3]["content"] == f"helper: info about {asked}"
 
 
 async def test_text_that_is_not_utf8_and_arguments_json_cannot_store(

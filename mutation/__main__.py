@@ -1,0 +1,5 @@
+"""``python -m mutation``: see :mod:`mutation.runner`."""
+
+from .runner import main
+
+raise SystemExit(main())
