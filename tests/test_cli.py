@@ -185,7 +185,7 @@ def test_chat_decline_in_one_line(runner: CliRunner, server: TestServer, agents_
     assert result.exit_code == 0, result.output
     assert "x declined: not today" in result.output
     assert "reason, for the model" not in result.output  # the reason came with the answer
-    decision = next(i for i in items(store, conversation_id(result.output)) if i.get("journal") == "decision")
+    decision = next(i for i in journal(store, conversation_id(result.output)) if i.get("journal") == "decision")
     assert (decision["approve"], decision["message"]) == (False, "not today")
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import agents  # the OpenAI Agents SDK, imported at collection: CLI tests put folders with an agents.py on sys.path
 import pytest
+from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import TypeAdapter
 
@@ -173,9 +175,6 @@ async def test_a_store_refuses_items_it_could_not_give_back(store_and_spec: tupl
 
 
 async def test_the_agents_sdk_runs_on_a_timestep_session(server: TestServer, store_and_spec: tuple[Store, str]) -> None:
-    import agents
-    from openai import AsyncOpenAI
-
     store, _ = store_and_spec
     agents.set_tracing_disabled(True)
     openai_client = AsyncOpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
