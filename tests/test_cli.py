@@ -497,6 +497,8 @@ def test_sessions_show_transcript_and_json(runner: CliRunner, store: Path, store
     assert "system: Be brief." in out
     assert "you: delete a.txt" in out
     assert '-> delete_file(path="a.txt")' in out
+    asked = out.index('|| approval asked for delete_file(path="a.txt"): Really delete a.txt?')
+    assert out.index('-> delete_file(path="a.txt")') < asked < out.index("+ approved") < out.index("<- delete_file")
     assert "<- delete_file: deleted a.txt" in out
     assert "assistant: The helper says hello." in out
 
@@ -597,7 +599,7 @@ def test_console_script_help_runs_and_loads_no_terminal_ui() -> None:
         "from click.testing import CliRunner\n"
         "from timestep.cli.app import cli\n"
         "CliRunner().invoke(cli, ['--help'])\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'rich', 'httpx2', 'pydantic'}))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'rich', 'aiohttp', 'httpx2', 'pydantic'}))\n"
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"

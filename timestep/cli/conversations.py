@@ -21,7 +21,6 @@ import click
 from rich.text import Text
 
 from ..approvals import load
-from ..handoffs import snake_case
 from ..sessions import ConversationInfo, Store, open_store
 from .app import DEFAULT_STORE
 from .render import Output, conversation_table, is_tty, print_transcript
@@ -100,7 +99,11 @@ def show_conversation(spec: str, conversation: str, agent: str | None, as_json: 
             raise click.ClickException(
                 f"conversation {conversation!r} exists for agents {agents}: pick one with --agent"
             )
-        return [(c, await store.session(c.agent_name, c.conversation_id, None).get_items()) for c in found]
+        sides = []
+        for c in found:
+            messages, journal = await load(store.session(c.agent_name, c.conversation_id, None))
+            sides.append((c, messages if as_json else interleave(messages, journal)))
+        return sides
 
     sides = _with_store(spec, work)
     if as_json:
@@ -114,15 +117,29 @@ def show_conversation(spec: str, conversation: str, agent: str | None, as_json: 
         print_transcript(output, info.agent_name, info.conversation_id, items)
 
 
+def interleave(messages: list[dict[str, Any]], journal: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with each call's journal records (questions, decisions) after the call that asked them."""
+    by_call: dict[str, list[dict[str, Any]]] = {}
+    for record in journal:
+        by_call.setdefault(str(record.get("call", "")), []).append(record)
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        out.append(message)
+        for call in message.get("tool_calls") or ():
+            out += by_call.pop(str(call.get("id", "")), [])
+    return out
+
+
 def remove_conversation(spec: str, conversation: str, agent: str | None, yes: bool) -> None:
     output = Output()
 
     async def work(store: Store) -> int:
         found = await _matches(store, spec, conversation, agent)
-        # The delegates' conversations belong to this one: ``<id>~<caller>``, nested for deeper handoffs.
-        prefixes = tuple(f"{conversation}~{snake_case(c.agent_name)}" for c in found)
-        delegates = [c for c in await store.list_conversations() if c.conversation_id.startswith(prefixes)]
-        doomed = found + [c for c in delegates if c not in found]
+        # The delegates' conversations belong to this one (``<id>~<caller>``, nested for deeper
+        # handoffs), and only those: another agent's ``<id>~abc`` is not one of them.
+        doomed = list(found)
+        for c in found:
+            doomed += [d for d in await store.delegates(c.agent_name, c.conversation_id) if d not in doomed]
         for c in doomed:
             output.line(f"  {c.agent_name} / {c.conversation_id} ({c.message_count} messages)")
         what = "this conversation" if len(doomed) == 1 else f"these {len(doomed)} conversations"
