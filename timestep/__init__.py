@@ -12,6 +12,7 @@ from .exceptions import (
     ModelError,
     ModelHTTPError,
     ModelResponseError,
+    OutputValidationError,
     SessionBusyError,
     SessionCorruptError,
     SessionError,
@@ -19,7 +20,14 @@ from .exceptions import (
     SessionUnavailableError,
     TimestepError,
 )
-from .guardrails import GuardrailInterrupt, GuardrailResult, InputGuardrail, OutputGuardrail
+from .guardrails import (
+    AnswerGuardrail,
+    GuardrailInterrupt,
+    GuardrailResult,
+    InputGuardrail,
+    MessageGuardrail,
+    OutputGuardrail,
+)
 from .model import ModelClient
 from .result import default_result_processor
 from .run import RunConfig, RunHandle, pending_interruptions, run_agent
@@ -43,6 +51,7 @@ _LAZY = {
 
 __all__ = [
     "Agent",
+    "AnswerGuardrail",
     "ApprovalError",
     "ConfigurationError",
     "ConversationInfo",
@@ -52,12 +61,14 @@ __all__ = [
     "InputGuardrail",
     "Interruption",
     "MaxTurnsExceeded",
+    "MessageGuardrail",
     "ModelClient",
     "ModelConnectionError",
     "ModelError",
     "ModelHTTPError",
     "ModelResponseError",
     "OutputGuardrail",
+    "OutputValidationError",
     "PostgresSession",
     "RunConfig",
     "RunHandle",

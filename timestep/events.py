@@ -89,7 +89,7 @@ class InterruptRaised(_ToolEvent):
 
     type: Literal["interrupt"]
     prompt: str
-    kind: Literal["approval", "unknown_outcome"]
+    kind: Literal["approval", "unknown_outcome", "message"]
 
 
 class ApprovalRecorded(_ToolEvent):
@@ -99,6 +99,21 @@ class ApprovalRecorded(_ToolEvent):
     approved: bool
     message: str | None
     edited_arguments: dict[str, Any] | None
+
+
+class ConversationGuardrail(_Event):
+    """A message or answer guardrail acted: ``block``, ``replace`` (a redaction) or ``retry``.
+
+    For an answer streamed with ``stream=True``, ``released`` is how many characters of it the
+    person had been shown when the guardrail acted: after a block, nothing more is shown.
+    """
+
+    type: Literal["guardrail"]
+    stage: Literal["message", "answer"]
+    guardrail: str
+    action: Literal["block", "replace", "retry"]
+    reason: str | None
+    released: NotRequired[int]
 
 
 class HandoffStart(_Event):
@@ -133,10 +148,11 @@ class RunEnd(_Event):
     """An agent's part of the run ended."""
 
     type: Literal["run_end"]
-    status: Literal["completed", "interrupted", "error"]
+    status: Literal["completed", "interrupted", "blocked", "error"]
     final_output: str | None
     usage: dict[str, int]
     interruptions: NotRequired[list[dict[str, Any]]]
+    output: NotRequired[Any]
 
 
 Event = (
@@ -149,6 +165,7 @@ Event = (
     | GuardrailBlocked
     | InterruptRaised
     | ApprovalRecorded
+    | ConversationGuardrail
     | HandoffStart
     | HandoffEnd
     | RunError
@@ -165,6 +182,7 @@ EVENT_TYPES: tuple[type[Any], ...] = (
     GuardrailBlocked,
     InterruptRaised,
     ApprovalRecorded,
+    ConversationGuardrail,
     HandoffStart,
     HandoffEnd,
     RunError,

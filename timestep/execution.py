@@ -63,7 +63,12 @@ class RunContext:
 
     def child(self, caller: Agent) -> RunContext:
         return replace(
-            self, depth=self.depth + 1, inherited_guardrails=(*self.inherited_guardrails, *caller.guardrails)
+            self,
+            depth=self.depth + 1,
+            inherited_guardrails=(
+                *self.inherited_guardrails,
+                *(g for g in caller.guardrails if isinstance(g, InputGuardrail | OutputGuardrail)),
+            ),
         )
 
 

@@ -34,10 +34,28 @@ from .approvals import (
     parse_decision,
     replay,
 )
-from .exceptions import ApprovalError, ConfigurationError, MaxTurnsExceeded, ModelResponseError, TimestepError
+from .conversation import (
+    AnswerGate,
+    Checked,
+    check_message_record,
+    check_messages,
+    message_interruption,
+    resume_message,
+    settle_answer,
+)
+from .exceptions import (
+    ApprovalError,
+    ConfigurationError,
+    MaxTurnsExceeded,
+    ModelHTTPError,
+    ModelResponseError,
+    OutputValidationError,
+    TimestepError,
+)
 from .execution import ApprovalHandler, CallOutcome, Event, RunContext, execute_call
 from .handoffs import HANDOFF_RECEIVED, delegate_session
 from .model import ModelClient
+from .output import FINAL_ANSWER_TOOL
 from .result import default_result_processor
 from .sessions.base import Item, Session
 
@@ -61,6 +79,7 @@ class RunConfig:
 
     max_turns: int = 10
     max_handoff_depth: int = 5
+    max_answer_retries: int = 2
     history: HistoryPolicy | None = None
     lock_timeout: float = 120.0
     approval_secret: str | bytes | None = field(default=None, repr=False)
@@ -279,10 +298,11 @@ _NOT_SENT = (
 
 @dataclass
 class LevelOutcome:
-    status: str  # "completed" | "interrupted" | "error"
+    status: str  # "completed" | "interrupted" | "blocked" | "error"
     final_output: str | None = None
     error: str | None = None
     interruptions: list[Interruption] | None = None
+    output: Any = None  # the typed final answer, with an output_type
 
 
 async def _run_level(
@@ -305,6 +325,8 @@ async def _run_level(
         "final_output": outcome.final_output,
         "usage": usage,
     }
+    if agent.output is not None and outcome.status == "completed":
+        end["output"] = outcome.output
     if outcome.interruptions:
         end["interruptions"] = [i.as_dict() for i in outcome.interruptions]
     emit(end)
@@ -324,34 +346,69 @@ async def _advance(
     try:
         if state is None:
             state = replay(*await load(session))
-        if state.pending:
-            paused = await _run_calls(agent, session, ctx, state, state.pending)
-            if paused:
-                if new_messages:
-                    ctx.emit({"type": "error", **head, "error": _NOT_SENT, "error_type": "ApprovalError"})
-                return LevelOutcome("interrupted", interruptions=paused, error=_NOT_SENT if new_messages else None)
-        elif not new_messages and state.final_output is not None:
-            return LevelOutcome("completed", final_output=state.final_output)
+        stopped = await _settle_waiting(agent, new_messages, session, ctx, head, state)
+        if stopped is not None:
+            return stopped
         if new_messages:
-            await _append(session, ctx, head, state, new_messages, journal or [])
-        for _ in range(ctx.config.max_turns):
-            reply = await _call_model(agent, state.messages, ctx, head, usage, state.call_ids)
-            await _append(session, ctx, head, state, [reply])
-            calls = reply.get("tool_calls")
-            if not calls:
-                return LevelOutcome("completed", final_output=reply.get("content") or "")
-            pending = [PendingCall(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls]
-            paused = await _run_calls(agent, session, ctx, state, pending)
-            if paused:
-                return LevelOutcome("interrupted", interruptions=paused)
-        raise MaxTurnsExceeded(
-            f"{agent.name} did not reach an answer within max_turns={ctx.config.max_turns} model calls"
-        )
+            checked = await check_messages(agent, session, ctx, head, new_messages)
+            await _append(session, ctx, head, state, checked.messages, [*checked.journal, *(journal or [])])
+            if checked.status is not None:
+                return _stopped(checked)
+        return await _turns(agent, session, ctx, head, usage, state)
     except ApprovalError:
         raise
     except TimestepError as exc:
         ctx.emit({"type": "error", **head, "error": str(exc), "error_type": type(exc).__name__})
         return LevelOutcome("error", error=str(exc))
+
+
+async def _settle_waiting(
+    agent: Agent, new_messages: list[Item], session: Session, ctx: RunContext, head: Event, state: ConversationState
+) -> LevelOutcome | None:
+    """Answer what waits from the last run (a paused message, pending calls); an outcome if that ends the run."""
+    if state.pending_message is not None:
+        checked = await resume_message(agent, session, ctx, head, state.pending_message)
+        await _append(session, ctx, head, state, checked.messages, checked.journal)
+        return _stopped(checked) if checked.status is not None else None
+    if state.pending:
+        paused = await _run_calls(agent, session, ctx, state, state.pending)
+        if paused:
+            if new_messages:
+                ctx.emit({"type": "error", **head, "error": _NOT_SENT, "error_type": "ApprovalError"})
+            return LevelOutcome("interrupted", interruptions=paused, error=_NOT_SENT if new_messages else None)
+    elif not new_messages and state.final_output is not None:
+        return LevelOutcome("completed", final_output=state.final_output)
+    return None
+
+
+async def _turns(
+    agent: Agent, session: Session, ctx: RunContext, head: Event, usage: dict[str, int], state: ConversationState
+) -> LevelOutcome:
+    """Model call, tool calls, again, until an answer, a pause, or the turn budget runs out."""
+    retry: list[Item] = []  # a rejected answer and why, sent with the next request only
+    attempts = 0
+    for _ in range(ctx.config.max_turns):
+        reply, gate = await _call_model(agent, [*state.messages, *retry], ctx, head, usage, state.call_ids)
+        calls = reply.get("tool_calls")
+        if not calls or (agent.output is not None and _final_answer_call(calls)):
+            settled = await settle_answer(agent, reply, gate)
+            await _append(session, ctx, head, state, settled.messages, settled.journal)
+            if settled.status is not None:
+                return LevelOutcome(settled.status, final_output=settled.text, output=settled.output)
+            attempts += 1
+            if attempts > ctx.config.max_answer_retries:
+                raise OutputValidationError(
+                    f"{agent.name} gave no acceptable answer in {attempts} attempts: {settled.problem}"
+                )
+            retry = settled.retry
+            continue
+        retry = []
+        await _append(session, ctx, head, state, [reply])
+        pending = [PendingCall(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls]
+        paused = await _run_calls(agent, session, ctx, state, pending)
+        if paused:
+            return LevelOutcome("interrupted", interruptions=paused)
+    raise MaxTurnsExceeded(f"{agent.name} did not reach an answer within max_turns={ctx.config.max_turns} model calls")
 
 
 async def _append(
@@ -434,6 +491,29 @@ async def _store_results(
 # -- the model ------------------------------------------------------------------------------------
 
 
+def _final_answer_call(calls: list[Item]) -> bool:
+    return len(calls) == 1 and calls[0]["function"]["name"] == FINAL_ANSWER_TOOL
+
+
+def _stopped(checked: Checked) -> LevelOutcome:
+    if checked.status == "interrupted":
+        assert checked.interruption is not None
+        return LevelOutcome("interrupted", interruptions=[checked.interruption])
+    return LevelOutcome(checked.status or "blocked", final_output=checked.text)
+
+
+# Endpoints (base URL, model) that refused the JSON-schema response format: they get the final-answer tool.
+_no_response_format: set[tuple[str, str]] = set()
+
+
+def _output_mode(agent: Agent, ctx: RunContext) -> str | None:
+    if agent.output is None:
+        return None
+    if agent.output_mode == "auto":
+        return "tool" if (ctx.client.base_url, agent.model) in _no_response_format else "json_schema"
+    return agent.output_mode
+
+
 def _request(agent: Agent, messages: list[Item], ctx: RunContext) -> dict[str, Any]:
     if ctx.config.history is not None:
         messages = ctx.config.history(messages)
@@ -445,6 +525,13 @@ def _request(agent: Agent, messages: list[Item], ctx: RunContext) -> dict[str, A
     body: dict[str, Any] = {"model": agent.model, "messages": messages, **agent.model_settings}
     if agent.tool_specs:
         body["tools"] = agent.tool_specs
+    mode = _output_mode(agent, ctx)
+    if mode is not None:
+        assert agent.output is not None
+        if mode == "json_schema":
+            body["response_format"] = agent.output.response_format()
+        else:
+            body["tools"] = [*agent.tool_specs, agent.output.tool_spec()]
     if ctx.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -453,23 +540,42 @@ def _request(agent: Agent, messages: list[Item], ctx: RunContext) -> dict[str, A
 
 async def _call_model(
     agent: Agent, messages: list[Item], ctx: RunContext, head: Event, usage: dict[str, int], ctx_ids: set[str]
-) -> Item:
+) -> tuple[Item, AnswerGate]:
     body = _request(agent, messages, ctx)
-    client = ctx.client
-    if ctx.stream:
-        message, used = await _stream_reply(client, body, ctx, head)
-    else:
-        data = await client.complete(body)
-        choice = data["choices"][0]
-        message, used = choice.get("message") or {}, data.get("usage")
+    gate = AnswerGate(agent, ctx.emit, head, ctx.stream)
+    try:
+        message, used = await _exchange(body, ctx, gate)
+    except ModelHTTPError as exc:
+        if "response_format" not in body or agent.output_mode != "auto" or exc.status_code not in (400, 422):
+            raise
+        # This endpoint does not take a JSON-schema response format: ask for the final-answer tool.
+        _no_response_format.add((ctx.client.base_url, agent.model))
+        body = _request(agent, messages, ctx)
+        message, used = await _exchange(body, ctx, gate)
     if used:
         for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
             usage[k] = usage.get(k, 0) + int(used.get(k) or 0)
-    return _assistant_message(message, ctx_ids)
+    reply = _assistant_message(message, ctx_ids)
+    # Text beside tool calls is not the answer, but the person reads it: it is guarded the same.
+    if (
+        reply.get("tool_calls")
+        and reply.get("content")
+        and gate.guardrails
+        and (await gate.finish(reply["content"])).action != "proceed"
+    ):
+        reply["content"] = None
+    return reply, gate
+
+
+async def _exchange(body: dict[str, Any], ctx: RunContext, gate: AnswerGate) -> tuple[dict[str, Any], Any]:
+    if ctx.stream:
+        return await _stream_reply(ctx.client, body, gate)
+    data = await ctx.client.complete(body)
+    return data["choices"][0].get("message") or {}, data.get("usage")
 
 
 async def _stream_reply(
-    client: ModelClient, body: dict[str, Any], ctx: RunContext, head: Event
+    client: ModelClient, body: dict[str, Any], gate: AnswerGate
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     content: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
@@ -483,7 +589,7 @@ async def _stream_reply(
             text = delta.get("content")
             if text:
                 content.append(text)
-                ctx.emit({"type": "content_delta", **head, "delta": text, "content": text})
+                await gate.feed(text)
             for tc in delta.get("tool_calls") or ():
                 slot = calls.setdefault(_slot_index(calls, seen, tc), {"id": "", "name": "", "arguments": []})
                 slot["id"] = tc.get("id") or slot["id"]
@@ -627,6 +733,9 @@ async def pending_interruptions(agent: Agent, session: Session, config: RunConfi
                 kind=record.get("kind", "approval"),
             )
         )
+    for level, record, where in await _pending_messages(agent, session):
+        check_message_record(Seal.of(where, secret), record)
+        found.append(message_interruption(record, level))
     return found
 
 
@@ -636,8 +745,11 @@ async def _check_approvals(
     """Refuse, before anything runs, approvals that match no pending call, and messages sent while calls wait."""
     state = replay(*await load(session))
     pending = await _pending_interrupts(agent, session, 0, state)
-    if has_messages and pending:
-        ids = ", ".join(p.id for p, _ in pending)
+    messages = {str(r["call"]): (r, s) for _, r, s in await _pending_messages(agent, session, 0, state)}
+    for record, level_session in messages.values():
+        check_message_record(Seal.of(level_session, secret), record)
+    if has_messages and (pending or messages):
+        ids = ", ".join([*(p.id for p, _ in pending), *messages])
         raise ApprovalError(
             f"conversation {session.conversation_id!r} has tool calls awaiting approval ({ids}); "
             "resume it with run_agent(agent, [], session, approvals={...}) before sending a new message"
@@ -646,8 +758,10 @@ async def _check_approvals(
     where = {p.id: s for p, s in pending}
     for cid in decisions:
         p = waiting.get(cid)
+        if p is None and cid in messages:
+            continue
         if p is None:
-            known = ", ".join(waiting) or "none"
+            known = ", ".join([*waiting, *messages]) or "none"
             raise ApprovalError(f"no tool call {cid!r} is awaiting approval (awaiting: {known})")
         assert p.interrupt is not None
         if p.interrupt.get("kind") == "unknown_outcome" and decisions[cid].args is not None:
@@ -677,4 +791,20 @@ async def _pending_interrupts(
         target = agent.get_handoff(p.name)
         if target is not None and p.started and depth < 64:
             found += await _pending_interrupts(target, delegate_session(agent, target, session), depth + 1)
+    return found
+
+
+async def _pending_messages(
+    agent: Agent, session: Session, depth: int = 0, state: ConversationState | None = None
+) -> list[tuple[Agent, Item, Session]]:
+    """User messages waiting for a person (a message guardrail asked), here and in delegates below."""
+    if state is None:
+        state = replay(*await load(session))
+    found: list[tuple[Agent, Item, Session]] = []
+    if state.pending_message is not None:
+        found.append((agent, state.pending_message, session))
+    for p in state.pending:
+        target = agent.get_handoff(p.name)
+        if target is not None and p.started and depth < 64:
+            found += await _pending_messages(target, delegate_session(agent, target, session), depth + 1)
     return found
