@@ -632,6 +632,8 @@ LATER = [
         "    pass",
         "stored decisions are used without checking them",
         (INTEGRITY_TESTS,),
+        harmless="the same check runs again just before the tool runs; a decision that never reaches a tool "
+        "can only decline it",
     ),
     Mutation(
         "results-jump-a-paused-call",
