@@ -169,3 +169,21 @@ def test_a_type_pydantic_cannot_describe_is_a_clear_error_at_construction() -> N
 
     with pytest.raises(ConfigurationError, match="cannot be described as a JSON schema"):
         Agent(name="Typed", model="m", output_type=object())
+
+
+def test_readme_examples_print_what_the_readme_says(tmp_path: Path) -> None:
+    """Every README program followed by "prints" and a text block prints exactly that."""
+    import re
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    pairs = re.findall(r"```python\n((?:(?!```).)*?)```\n\nprints\n\n```text\n(.*?)```", readme, flags=re.S)
+    assert len(pairs) >= 2
+    for n, (program, expected) in enumerate(pairs):
+        (tmp_path / f"example_{n}.py").write_text(program)
+        proc = subprocess.run(
+            [sys.executable, f"example_{n}.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == expected, program
