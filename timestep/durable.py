@@ -132,7 +132,7 @@ class Worker:
         table_prefix: str = "timestep_",
         lease_ttl: float | None = None,
         executor_id: str | None = None,
-        heartbeat: float = 2.0,
+        heartbeat: float | None = None,
         dead_after: float = 10.0,
         polling_interval: float = 0.1,
         schema: str = "dbos",
@@ -150,7 +150,7 @@ class Worker:
         self.table_prefix = table_prefix
         self.lease_ttl = lease_ttl
         self.executor_id = executor_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.heartbeat = heartbeat
+        self.heartbeat = heartbeat if heartbeat is not None else dead_after / 4  # several beats per deadline
         self.dead_after = dead_after
         self.polling_interval = polling_interval
         self.schema = schema
@@ -247,8 +247,9 @@ class Worker:
                     self.dead_after,
                 )
                 for row in dead:
-                    await asyncio.to_thread(DBOS._recover_pending_workflows, [row[0]])
+                    handles = await asyncio.to_thread(DBOS._recover_pending_workflows, [row[0]])
                     self.recovered.append(row[0])
+                    DBOS.logger.warning("recovered %d runs of executor %s", len(handles), row[0])
             except (OSError, ConnectionError) as exc:  # the database is away: try again at the next beat
                 DBOS.logger.warning("timestep worker heartbeat failed: %s", exc)
 
