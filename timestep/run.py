@@ -215,9 +215,7 @@ def run_agent(
 DELIVERED = "delivered"
 
 
-async def _undelivered(
-    session: Session, messages: list[Item], key: str | None
-) -> tuple[list[Item], list[Item] | None]:
+async def _undelivered(session: Session, messages: list[Item], key: str | None) -> tuple[list[Item], list[Item] | None]:
     """The messages still to store, and the journal record stored with them (see ``RunConfig.message_key``)."""
     if key is None or not messages:
         return list(messages), None

@@ -42,8 +42,11 @@ def _rate(value: str | None) -> dict[str, float] | None:
 @click.option("--rate", metavar="N/SECONDS", help=RATE_HELP)
 @click.option("--lease-ttl", type=click.FloatRange(min=1.0), help="Seconds a dead run holds its conversation.")
 @click.option(
-    "--dead-after", type=click.FloatRange(min=1.0), default=10.0, show_default=True, help="Seconds without a "
-    "heartbeat after which a worker counts as dead and its runs are recovered elsewhere."
+    "--dead-after",
+    type=click.FloatRange(min=1.0),
+    default=10.0,
+    show_default=True,
+    help="Seconds without a heartbeat after which a worker counts as dead and its runs are recovered elsewhere.",
 )
 @click.option("--base-url", metavar="URL", envvar="OPENAI_BASE_URL", help="An OpenAI-compatible endpoint.")
 @click.option("--api-key", metavar="KEY", envvar="OPENAI_API_KEY", help="API key. [env: OPENAI_API_KEY]")
