@@ -75,6 +75,9 @@ class RunConfig:
     signs the journal records that can make a tool run, so that write access to the store is not
     enough to approve a call. ``lock_timeout`` is how long a run waits for another run of the
     same conversation (in any process) to finish before it gives up with ``SessionBusyError``.
+    ``message_key`` makes delivering ``messages`` idempotent: they are stored together with a
+    journal record carrying the key, and a run whose key is already in the journal adds them no
+    more, so a run retried after a crash (a durable worker's, an HTTP client's) never sends twice.
     """
 
     max_turns: int = 10
@@ -83,6 +86,7 @@ class RunConfig:
     history: HistoryPolicy | None = None
     lock_timeout: float = 120.0
     approval_secret: str | bytes | None = field(default=None, repr=False)
+    message_key: str | None = None
 
 
 class RunHandle(Coroutine[Any, Any, Any]):
@@ -217,13 +221,27 @@ def run_agent(
         )
         lock = getattr(session, "lock", None)
         async with lock(cfg.lock_timeout) if lock is not None else contextlib.nullcontext():
-            has_messages = bool(messages) and approval_handler is None
+            new, marker = await _undelivered(session, messages, cfg.message_key)
+            has_messages = bool(new) and approval_handler is None
             state = await _check_approvals(agent, session, decisions, has_messages, cfg.approval_secret)
-            outcome = await _run_level(agent, list(messages), session, ctx, state=state)
+            outcome = await _run_level(agent, new, session, ctx, marker, state=state)
         if outcome.status == "interrupted" and outcome.interruptions:
             _announce_pause(session, outcome.interruptions)
 
     return RunHandle(drive, result_processor)
+
+
+DELIVERED = "delivered"
+
+
+async def _undelivered(session: Session, messages: list[Item], key: str | None) -> tuple[list[Item], list[Item] | None]:
+    """The messages still to store, and the journal record stored with them (see ``RunConfig.message_key``)."""
+    if key is None or not messages:
+        return list(messages), None
+    _, journal = await load(session)
+    if any(r.get("journal") == DELIVERED and r.get("key") == key for r in journal):
+        return [], None
+    return list(messages), [{"journal": DELIVERED, "key": key}]
 
 
 def _announce_pause(session: Session, waiting: list[Interruption]) -> None:

@@ -344,3 +344,8 @@ def sessions_rm(conversation: str, agent: str | None, store: str, yes: bool) -> 
     from .conversations import remove_conversation
 
     remove_conversation(store, conversation, agent, yes)
+
+
+from .worker import worker  # noqa: E402  (a command of its own module, registered here)
+
+cli.add_command(worker)
