@@ -76,8 +76,8 @@ class Agent:
                     "MessageGuardrail or AnswerGuardrail"
                 )
         self.output = self._output_spec()
-        for toolset in self._toolsets:
-            self.guardrails.extend(toolset.toolset_guardrails())
+        for toolset in self._toolsets:  # once: a copy made with dataclasses.replace already has them
+            self.guardrails.extend(g for g in toolset.toolset_guardrails() if g not in self.guardrails)
         self._tool_specs = [t.spec() for t in self._tools.values()] + [
             handoff_tool_spec(name, target) for name, target in self._handoffs.items()
         ]

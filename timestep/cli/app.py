@@ -164,6 +164,12 @@ def _conversation_options(fn: F) -> F:
             click.option(
                 "--offline", is_flag=True, help="Use the built-in scripted model (no key, no network) instead."
             ),
+            click.option(
+                "--mcp",
+                multiple=True,
+                metavar="SPEC",
+                help="Also give the agent the tools of an MCP server: a command to start or a URL (repeatable).",
+            ),
         ]
     ):
         fn = option(fn)
