@@ -220,7 +220,8 @@ def run_command(agent: str, prompt: str | None, **options: Any) -> int:
 
     The prompt is the argument, or stdin when there is none (with both, stdin comes after the
     argument). A call that needs approval is asked on the terminal; without one the run pauses,
-    says how to resume, and exits with status 3. Exit status: 0 completed, 1 failed, 3 paused.
+    says how to resume, and exits with status 3. Exit status: 0 completed, 1 failed, 3 paused,
+    4 blocked by a message or answer guardrail.
 
     \b
     Examples:
