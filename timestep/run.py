@@ -260,12 +260,12 @@ def _announce_pause(session: Session, waiting: list[Interruption]) -> None:
     for i in waiting:
         what = "may already have run (its process stopped)" if i.kind == "unknown_outcome" else "waits for approval"
         args = json.dumps(i.args, ensure_ascii=False, sort_keys=True)
+        subject = f"user message {args}" if i.kind == "message" else f"call {i.tool_name}({args})"
         log.warning(
-            "%s's call %s(%s) in conversation %r %s: %s\n  resume with: run_agent(agent, [], session, "
+            "%s's %s in conversation %r %s: %s\n  resume with: run_agent(agent, [], session, "
             "approvals={%r: True})  (False or a message declines; see pending_interruptions())",
             i.agent,
-            i.tool_name,
-            args,
+            subject,
             session.conversation_id,
             what,
             i.prompt.strip(),
