@@ -14,9 +14,9 @@ Four numbers per store, because they are what a run pays for:
 * **W3 ms/turn**: the median turn on a conversation already holding ``--w3-history`` messages, the
   same session object turn after turn, as a server holding a chat open would.
 
-Run ``python -m benchmarks.stores`` (``--help`` for sizes; ``--quick`` for a smoke run). PostgreSQL is measured when it answers at
-``--postgres-url`` (default: ``TIMESTEP_BENCH_POSTGRES_URL`` or the test database), in tables with
-a throw-away prefix that are dropped afterwards.
+Run ``python -m benchmarks.stores`` (``--help`` for sizes; ``--quick`` for a smoke run). PostgreSQL
+is measured when it answers at ``--postgres-url`` (default: ``TIMESTEP_BENCH_POSTGRES_URL`` or the
+test database), in tables with a throw-away prefix that are dropped afterwards.
 """
 
 from __future__ import annotations

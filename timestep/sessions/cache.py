@@ -21,6 +21,8 @@ what it does not hold, in one statement:
   snapshot left it (same row, same generation, next ``seq`` right after the cached ones) adds its
   items to the snapshot, so the next read has nothing to fetch. Any other append leaves the
   snapshot alone; the next read fetches what came between.
+* **What it does not see.** A row changed in place by hand (an ``UPDATE`` outside Timestep) after
+  a session read it: that session keeps the item as it read it; a new session object reads the row.
 * **Reads return copies of the lists.** The items themselves are shared with the snapshot, as
   FileSession's read cache shares its own: change a copy (``copy.deepcopy``) if you need to.
 """
