@@ -383,6 +383,8 @@ class PostgresSession:
 
     @property
     def _where(self) -> str:
+        # Named in every append (for its error message): parsing the URL each time cost more than
+        # the rest of the append's own work in Python, so it is parsed once per URL and prefix.
         return describe_store(self.url, self.table_prefix)
 
     @property
@@ -618,6 +620,7 @@ class PostgresSession:
                 await task.result()[1].aclose()
 
 
+@lru_cache(maxsize=64)
 def describe_store(url: str | None, table_prefix: str) -> str:
     where = redact(url) if url is not None else "(a given pool)"
     return f"PostgreSQL store {where} (tables {table_prefix}*)"
