@@ -227,3 +227,25 @@ async def test_a_reader_fetches_only_rows_past_what_it_holds(db_store: Any) -> N
     with pytest.raises(SessionCorruptError) as caught:
         await reader.get_items()
     assert caught.value.line == 2
+
+
+def test_the_stores_benchmark_runs_and_reports_every_store() -> None:
+    """No timing asserted: only that ``python -m benchmarks.stores --quick`` measures each store end to end."""
+    import subprocess
+    import sys
+
+    url = fixtures.require_postgres()
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.stores", "--quick", "--postgres-url", url],
+        cwd=fixtures.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines()[1:] if line.strip()}
+    assert set(rows) == {"FileSession", "SQLiteSession", "PostgresSession"}, proc.stdout
+    for name, values in rows.items():
+        appends, load, w1, w3 = (float(v.replace(",", "")) for v in values[:4])
+        assert min(appends, load, w1, w3) > 0, (name, values)
