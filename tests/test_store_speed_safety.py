@@ -25,6 +25,7 @@ from tests.stores_fixtures import as_json_list, child, finish, unique
 from timestep import SessionCorruptError
 from timestep.approvals import load
 from timestep.sessions import Session, Store
+from timestep.sessions.cache import Snapshot, answer, refreshed
 
 store_and_spec = fixtures.store_and_spec
 pg_prefix = fixtures.pg_prefix
@@ -249,3 +250,32 @@ def test_the_stores_benchmark_runs_and_reports_every_store() -> None:
     for name, values in rows.items():
         appends, load, w1, w3 = (float(v.replace(",", "")) for v in values[:4])
         assert min(appends, load, w1, w3) > 0, (name, values)
+
+
+# -- the cache's bookkeeping, without a database ---------------------------------------------------
+
+
+def _snapshot(conv: int, generation: int, *texts: str) -> Snapshot:
+    snapshot = Snapshot(conv, generation, 1)
+    snapshot.add((n, user(t)) for n, t in enumerate(texts, start=1))
+    return snapshot
+
+
+def test_rows_read_past_a_snapshot_continue_it_even_when_another_task_replaced_it() -> None:
+    # A read went out from (row 1, generation 5, seq 3); meanwhile another task of the same session
+    # read the conversation anew after a pop elsewhere (generation 6). The reply still shows
+    # generation 5, and holds only seq 3: it continues the old snapshot, it is not the conversation.
+    base, current = _snapshot(1, 5, "a", "b"), _snapshot(1, 6, "a")
+    keep, answered = refreshed(base, current, (1, 5, 4), [(3, user("c"))])
+    assert keep is current
+    assert answered is not None and [m["content"] for m in answered.messages] == ["a", "b", "c"]
+
+
+def test_a_whole_read_builds_on_a_newer_snapshot_of_the_same_generation() -> None:
+    current = _snapshot(1, 6, "a", "b", "c", "d")
+    keep, answered = refreshed(None, current, (1, 6, 4), [(1, user("a")), (2, user("b")), (3, user("c"))])
+    assert keep is answered is current
+    assert [m["content"] for m in current.messages] == ["a", "b", "c", "d"]
+    keep, answered = refreshed(current, current, None, [])
+    assert keep is None and answered is None
+    assert answer(None, {"role": "system", "content": SYSTEM}) == ([{"role": "system", "content": SYSTEM}], [])

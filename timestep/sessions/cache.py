@@ -29,9 +29,8 @@ what it does not hold, in one statement:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from .base import Item
 
@@ -60,22 +59,36 @@ class Snapshot:
 
 
 def refreshed(
-    cached: Snapshot | None,
+    base: Snapshot | None,
+    current: Snapshot | None,
     head: tuple[int, int, int] | None,
-    rows: list[tuple[int, Any]],
-    decode: Callable[[list[tuple[int, Any]]], list[Item]],
-) -> Snapshot | None:
-    """The snapshot after one read: ``head`` is (row id, generation, next seq) as read, None when the
-    conversation has no row; ``rows`` the (seq, data) read past ``start_for(cached, ...)``."""
+    items: list[tuple[int, Item]],
+) -> tuple[Snapshot | None, Snapshot | None]:
+    """(the snapshot to keep, the snapshot to answer from) after one read.
+
+    The read asked from ``base``'s position; ``current`` is the session's snapshot now, which other
+    tasks of the same session may have changed meanwhile. ``head`` is (row id, generation, next seq)
+    as read (next seq 0 where the store keeps none), None when the conversation has no row; ``items``
+    the (seq, item) rows read: those past ``base`` when it covers ``head``, else the whole conversation.
+    """
     if head is None:
-        return None
+        return None, None
     conv, generation, next_seq = head
-    items = list(zip((seq for seq, _ in rows), decode(rows), strict=True))
-    if cached is not None and cached.covers(conv, generation):
-        cached.add(items)
-        cached.next_seq = max(cached.next_seq, next_seq)
-        return cached
-    fresh = Snapshot(conv, generation, 1)  # every store numbers a conversation's items from 1
+    if base is not None and base.covers(conv, generation):
+        # Rows past base only: they continue base, not whatever replaced it meanwhile.
+        base.add(items)
+        base.next_seq = max(base.next_seq, next_seq)
+        return (base if current is base else current), base
+    # The whole conversation. A snapshot of the same row and generation holds a prefix of it.
+    fresh = current if current is not None and current.covers(conv, generation) else Snapshot(conv, generation, 1)
     fresh.add(items)
     fresh.next_seq = max(fresh.next_seq, next_seq)
-    return fresh
+    return fresh, fresh
+
+
+def answer(snapshot: Snapshot | None, system: Item | None) -> tuple[list[Item], list[Item]]:
+    """The lists a read returns (the caller's own copies): messages, led by the system message a
+    conversation with none stored reports, and the journal."""
+    if snapshot is None or not snapshot.messages:
+        return ([system] if system else []), ([] if snapshot is None else list(snapshot.journal))
+    return list(snapshot.messages), list(snapshot.journal)

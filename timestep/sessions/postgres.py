@@ -62,7 +62,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..exceptions import ConfigurationError, SessionError, SessionUnavailableError
 from .base import ConversationInfo, Item, check_names, system_item
-from .cache import Snapshot, refreshed
+from .cache import Snapshot, answer, refreshed
 from .sqlite import LEASE_TTL_SECONDS, check_ttl, decode_item, encode_items, hold_lease
 
 T = TypeVar("T")
@@ -468,15 +468,11 @@ class PostgresSession:
         head = (rows[0][0], rows[0][1], rows[0][2]) if rows else None
         found = [(r[3], r[4]) for r in rows if r[3] is not None]
         items = await self._decoded(found)
-        # Another task of this session may have moved the cache on while this read was out: build on
-        # the latest one (``refreshed`` skips what it already holds).
-        self._cache = snapshot = refreshed(self._cache, head, found, lambda _: items)
-        if snapshot is None or not snapshot.messages:
-            sys_item = system_item(self.agent_instructions)
-            messages = [sys_item] if sys_item else []
-        else:
-            messages = list(snapshot.messages)
-        return messages, [] if snapshot is None else list(snapshot.journal)
+        # Other tasks of this session may have changed the cache while this read was out.
+        self._cache, snapshot = refreshed(
+            cached, self._cache, head, list(zip((seq for seq, _ in found), items, strict=True))
+        )
+        return answer(snapshot, system_item(self.agent_instructions))
 
     async def _decoded(self, rows: list[Any]) -> list[Item]:
         """Rows decoded, off the event loop when they are many."""

@@ -77,7 +77,7 @@ from ..exceptions import (
     SessionUnavailableError,
 )
 from .base import ConversationInfo, Item, check_names, storable, system_item
-from .cache import Snapshot, refreshed
+from .cache import Snapshot, answer, refreshed
 
 T = TypeVar("T")
 
@@ -646,18 +646,9 @@ class SQLiteSession:
         ).fetchall()
         head = (int(rows[0][0]), int(rows[0][1]), 0) if rows else None
         where, conversation = self._where, self._conversation
-        self._cache = snapshot = refreshed(
-            cached,
-            head,
-            [(seq, data) for _, _, seq, data in rows if seq is not None],
-            lambda found: [decode_item(data, seq, where, conversation) for seq, data in found],
-        )
-        if snapshot is None or not snapshot.messages:
-            sys_item = system_item(self.agent_instructions)
-            messages = [sys_item] if sys_item else []
-        else:
-            messages = list(snapshot.messages)
-        return messages, [] if snapshot is None else list(snapshot.journal)
+        found = [(seq, decode_item(data, seq, where, conversation)) for _, _, seq, data in rows if seq is not None]
+        self._cache, snapshot = refreshed(cached, cached, head, found)
+        return answer(snapshot, system_item(self.agent_instructions))
 
     def _append(self, conn: sqlite3.Connection, items: list[Item]) -> None:
         rows = encode_items(items, f"{self._where}, conversation {self._conversation}")  # before taking the lock
