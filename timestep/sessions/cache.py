@@ -23,6 +23,8 @@ what it does not hold, in one statement:
   snapshot alone; the next read fetches what came between.
 * **What it does not see.** A row changed in place by hand (an ``UPDATE`` outside Timestep) after
   a session read it: that session keeps the item as it read it; a new session object reads the row.
+  Nor a pop or clear by a Timestep from before the ``0003_generation`` migration, which removes
+  rows without changing the generation: processes sharing a database should run the same version.
 * **Reads return copies of the lists.** The items themselves are shared with the snapshot, as
   FileSession's read cache shares its own: change a copy (``copy.deepcopy``) if you need to.
 """
