@@ -147,8 +147,13 @@ async def load(session: Any) -> tuple[list[Item], list[Item]]:
     """A session's messages and its journal, each in the order written.
 
     Stores that keep the journal apart say so with ``get_journal()``; for a user's own store that
-    returns whatever it was given, the two are told apart by the ``journal`` key.
+    returns whatever it was given, the two are told apart by the ``journal`` key. A store that can
+    read both at once (the database stores' ``get_items_and_journal()``) is asked once.
     """
+    both = getattr(session, "get_items_and_journal", None)
+    if both is not None:
+        messages, journal = await both()
+        return messages, journal
     get_journal = getattr(session, "get_journal", None)
     if get_journal is not None:
         return await session.get_items(), await get_journal()
