@@ -291,8 +291,8 @@ MORE: list[Mutation] = [
     Mutation(
         "caller-guardrails-not-inherited",
         EXECUTION,
-        "inherited_guardrails=(*self.inherited_guardrails, *caller.guardrails)",
-        "inherited_guardrails=self.inherited_guardrails",
+        "                *(g for g in caller.guardrails if isinstance(g, InputGuardrail | OutputGuardrail)),\n",
+        "",
         "a delegate's tools escape the caller's guardrails",
         ("tests/test_handoffs.py",),
     ),
@@ -316,7 +316,7 @@ MORE: list[Mutation] = [
     Mutation(
         "new-message-while-pending",
         RUN,
-        "    if has_messages and pending:",
+        "    if has_messages and (pending or messages):",
         "    if False:",
         "a new user message is accepted while calls wait for approval",
         ("tests/test_approvals.py::test_forged_replayed_and_tampered_approvals_run_nothing",),
@@ -399,8 +399,8 @@ MORE: list[Mutation] = [
     Mutation(
         "delegate-pending-hidden",
         RUN,
-        "if target is not None and p.started and depth < 64:",
-        "if False:",
+        "        if target is not None and p.started and depth < 64:\n            found += await _pending_interrupts(",
+        "        if False:\n            found += await _pending_interrupts(",
         "calls waiting inside a delegate are not listed (nor approvable)",
         ("tests/test_handoffs.py",),
     ),
@@ -718,4 +718,51 @@ LATER = [
     ),
 ]
 
-MUTATIONS: list[Mutation] = [*ISSUE_19, *MORE, *LATER]
+CONVERSATION = "timestep/conversation.py"
+OUTPUT = "timestep/output.py"
+
+# Guarding the conversation and typed answers (issue 16).
+CONVERSATION_GUARDS = [
+    Mutation(
+        "stream-released-before-checked",
+        CONVERSATION,
+        "        self._release(min(self.passed))",
+        "        self._release(len(self.text))",
+        "a streamed answer is shown before its answer guardrails passed it",
+        ("tests/test_conversation_guardrails.py",),
+    ),
+    Mutation(
+        "message-block-ignored",
+        CONVERSATION,
+        '                return _blocked(ctx, head, label, verdict.reason or "blocked")',
+        "                pass",
+        "a message guardrail's block lets the message through",
+        ("tests/test_conversation_guardrails.py",),
+    ),
+    Mutation(
+        "answer-not-validated",
+        OUTPUT,
+        "            return self.adapter.validate_python(data)",
+        "            return data",
+        "a typed answer is not validated against its type",
+        ("tests/test_output_type.py",),
+    ),
+    Mutation(
+        "answer-retries-unbounded",
+        RUN,
+        "            if attempts > ctx.config.max_answer_retries:",
+        "            if attempts > ctx.config.max_answer_retries + 5:",
+        "answers that never validate are retried past max_answer_retries",
+        ("tests/test_output_type.py",),
+    ),
+    Mutation(
+        "no-response-format-fallback",
+        RUN,
+        "        _no_response_format.add((ctx.client.base_url, agent.model))",
+        "        pass",
+        "an endpoint that refused the response format is asked with it again",
+        ("tests/test_output_type.py",),
+    ),
+]
+
+MUTATIONS: list[Mutation] = [*ISSUE_19, *MORE, *LATER, *CONVERSATION_GUARDS]
