@@ -42,7 +42,12 @@ async def profiled(
         try:
             if workload in ("W1", "W1-stream"):
                 return await w1(adapter, sizes, workload == "W1-stream")
-            return await (w2(adapter, sizes) if workload == "W2" else w3(adapter, sizes))
+            stream = workload.endswith("-stream")
+            if workload.startswith("W2"):
+                n = sizes.w2_large if "1000" in workload else sizes.w2_conversations
+                return await w2(adapter, n, stream, workload)
+            n = sizes.w3_large if "10000" in workload else sizes.w3_history
+            return await w3(adapter, sizes, n, stream, workload)
         finally:
             profiler.disable()
     finally:
@@ -52,7 +57,10 @@ async def profiled(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profiling")
     parser.add_argument("impl")
-    parser.add_argument("workload", choices=["W1", "W1-stream", "W2", "W3", "append"])
+    parser.add_argument(
+        "workload",
+        choices=["W1", "W1-stream", "W2", "W2-stream", "W2-1000", "W2-1000-stream", "W3", "W3-10000", "append"],
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sort", default="tottime", help="pstats sort key (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=30)
