@@ -20,6 +20,7 @@ EXPECTED = [
     "ModelResponseError",
     "OutputGuardrail",
     "PostgresSession",
+    "Price",
     "RunConfig",
     "RunHandle",
     "SQLiteSession",
@@ -33,6 +34,8 @@ EXPECTED = [
     "TimestepError",
     "Tool",
     "ToolContext",
+    "UsageLimitExceeded",
+    "UsageLimits",
     "default_result_processor",
     "last_messages",
     "open_store",
@@ -51,6 +54,6 @@ def test_public_names() -> None:
 
 
 def test_errors_share_one_root() -> None:
-    errors = [getattr(timestep, n) for n in EXPECTED if n.endswith("Error") or n == "MaxTurnsExceeded"]
-    assert len(errors) == 13 and all(issubclass(e, timestep.TimestepError) for e in errors)
+    errors = [getattr(timestep, n) for n in EXPECTED if n.endswith("Error") or n.endswith("Exceeded")]
+    assert len(errors) == 14 and all(issubclass(e, timestep.TimestepError) for e in errors)
     assert not issubclass(timestep.GuardrailInterrupt, timestep.TimestepError)  # a signal, not an error

@@ -18,6 +18,7 @@ from .exceptions import (
     SessionNameError,
     SessionUnavailableError,
     TimestepError,
+    UsageLimitExceeded,
 )
 from .guardrails import GuardrailInterrupt, GuardrailResult, InputGuardrail, OutputGuardrail
 from .model import ModelClient
@@ -26,6 +27,7 @@ from .run import RunConfig, RunHandle, pending_interruptions, run_agent
 from .sessions import ConversationInfo, FileSession, Session
 from .terminal import terminal_approval_handler
 from .tools import Tool, ToolContext, tool
+from .usage import Price, UsageLimits
 
 if TYPE_CHECKING:
     from .history import last_messages, token_budget
@@ -59,6 +61,7 @@ __all__ = [
     "ModelResponseError",
     "OutputGuardrail",
     "PostgresSession",
+    "Price",
     "RunConfig",
     "RunHandle",
     "SQLiteSession",
@@ -72,6 +75,8 @@ __all__ = [
     "TimestepError",
     "Tool",
     "ToolContext",
+    "UsageLimitExceeded",
+    "UsageLimits",
     "default_result_processor",
     "last_messages",
     "open_store",

@@ -17,7 +17,7 @@ import collections
 import contextlib
 import secrets
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -34,15 +34,24 @@ from .approvals import (
     parse_decision,
     replay,
 )
-from .exceptions import ApprovalError, ConfigurationError, MaxTurnsExceeded, ModelResponseError, TimestepError
+from .exceptions import (
+    ApprovalError,
+    ConfigurationError,
+    MaxTurnsExceeded,
+    ModelResponseError,
+    TimestepError,
+    UsageLimitExceeded,
+)
 from .execution import ApprovalHandler, CallOutcome, Event, RunContext, execute_call
 from .handoffs import HANDOFF_RECEIVED, delegate_session
 from .model import ModelClient
 from .result import default_result_processor
 from .sessions.base import Item, Session
+from .usage import Price, Usage, UsageLimits
 
 if TYPE_CHECKING:
     from . import events
+    from .tracing import Observer, Tracing
 
 ResultProcessor = Callable[[AsyncIterable[Any]], Awaitable[Any]]
 HistoryPolicy = Callable[[list[Item]], list[Item]]
@@ -57,6 +66,10 @@ class RunConfig:
     signs the journal records that can make a tool run, so that write access to the store is not
     enough to approve a call. ``lock_timeout`` is how long a run waits for another run of the
     same conversation (in any process) to finish before it gives up with ``SessionBusyError``.
+    ``limits`` bound the whole run, delegates included (see :mod:`timestep.usage`); ``prices`` (per
+    million tokens, by model name) give the result a ``cost`` and make a cost limit possible.
+    ``tracing`` (``True``, or a :class:`timestep.tracing.Tracing`) sends OpenTelemetry spans; off, the
+    tracing module is never imported.
     """
 
     max_turns: int = 10
@@ -64,6 +77,9 @@ class RunConfig:
     history: HistoryPolicy | None = None
     lock_timeout: float = 120.0
     approval_secret: str | bytes | None = field(default=None, repr=False)
+    limits: UsageLimits | None = None
+    prices: Mapping[str, Price] | None = None
+    tracing: bool | Tracing = False
 
 
 class RunHandle(Coroutine[Any, Any, Any]):
@@ -187,14 +203,17 @@ def run_agent(
     decisions = {cid: parse_decision(cid, value) for cid, value in (approvals or {}).items()}
 
     async def drive(emit: Callable[[Event], None]) -> None:
+        observer = _observer(cfg, model_client)
         ctx = RunContext(
             config=cfg,
             stream=stream,
-            emit=emit,
+            emit=emit if observer is None else observer.watch(emit),
             approvals=decisions,
             approval_handler=approval_handler,
             client=model_client,
             delegate=_delegate,
+            usage=Usage(cfg.limits or UsageLimits(), cfg.prices or {}),
+            observer=observer,
         )
         lock = getattr(session, "lock", None)
         async with lock(cfg.lock_timeout) if lock is not None else contextlib.nullcontext():
@@ -205,6 +224,15 @@ def run_agent(
             _announce_pause(session, outcome.interruptions)
 
     return RunHandle(drive, result_processor)
+
+
+def _observer(cfg: RunConfig, client: ModelClient) -> Observer | None:
+    """The tracing observer, imported only when tracing is on: off, a run never touches OpenTelemetry."""
+    if not cfg.tracing:
+        return None
+    from .tracing import Observer, Tracing
+
+    return Observer(cfg.tracing if isinstance(cfg.tracing, Tracing) else Tracing(), client)
 
 
 def _announce_pause(session: Session, waiting: list[Interruption]) -> None:
@@ -283,6 +311,7 @@ class LevelOutcome:
     final_output: str | None = None
     error: str | None = None
     interruptions: list[Interruption] | None = None
+    limit: UsageLimitExceeded | None = None  # a usage limit ends the whole run, not just this level
 
 
 async def _run_level(
@@ -307,7 +336,11 @@ async def _run_level(
     }
     if outcome.interruptions:
         end["interruptions"] = [i.as_dict() for i in outcome.interruptions]
+    if ctx.depth == 0:
+        end["run_usage"] = ctx.usage.summary()
     emit(end)
+    if outcome.limit is not None and ctx.depth:
+        raise outcome.limit
     return outcome
 
 
@@ -335,8 +368,9 @@ async def _advance(
         if new_messages:
             await _append(session, ctx, head, state, new_messages, journal or [])
         for _ in range(ctx.config.max_turns):
-            reply = await _call_model(agent, state.messages, ctx, head, usage, state.call_ids)
-            await _append(session, ctx, head, state, [reply])
+            reply, used = await _call_model(agent, state.messages, ctx, head, usage, state.call_ids)
+            await _append(session, ctx, head, state, [reply], [used])
+            ctx.usage.check_tokens()
             calls = reply.get("tool_calls")
             if not calls:
                 return LevelOutcome("completed", final_output=reply.get("content") or "")
@@ -351,7 +385,7 @@ async def _advance(
         raise
     except TimestepError as exc:
         ctx.emit({"type": "error", **head, "error": str(exc), "error_type": type(exc).__name__})
-        return LevelOutcome("error", error=str(exc))
+        return LevelOutcome("error", error=str(exc), limit=exc if isinstance(exc, UsageLimitExceeded) else None)
 
 
 async def _append(
@@ -379,6 +413,7 @@ async def _run_calls(
     import asyncio  # at call time: ``import timestep`` stays light
 
     head: Event = {"agent": agent.name, "depth": ctx.depth}
+    ctx.usage.before_tool_calls(sum(1 for c in calls if c.result is None))
     if len(calls) == 1:
         outcomes = [await execute_call(agent, session, ctx, calls[0])]
         await _store_results(session, ctx, head, state, calls, outcomes)
@@ -453,32 +488,41 @@ def _request(agent: Agent, messages: list[Item], ctx: RunContext) -> dict[str, A
 
 async def _call_model(
     agent: Agent, messages: list[Item], ctx: RunContext, head: Event, usage: dict[str, int], ctx_ids: set[str]
-) -> Item:
+) -> tuple[Item, Item]:
+    """The reply, and the ``usage`` journal record to store with it."""
     body = _request(agent, messages, ctx)
-    client = ctx.client
-    if ctx.stream:
-        message, used = await _stream_reply(client, body, ctx, head)
-    else:
-        data = await client.complete(body)
-        choice = data["choices"][0]
-        message, used = choice.get("message") or {}, data.get("usage")
+    ctx.usage.before_model_call()
+    fetch = _fetch(body, ctx, head)
+    message, used, _ = await (fetch if ctx.observer is None else ctx.observer.model_call(head, body, fetch))
     if used:
         for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
             usage[k] = usage.get(k, 0) + int(used.get(k) or 0)
-    return _assistant_message(message, ctx_ids)
+    return _assistant_message(message, ctx_ids), ctx.usage.add(agent.name, agent.model, used)
 
 
-async def _stream_reply(
-    client: ModelClient, body: dict[str, Any], ctx: RunContext, head: Event
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+_Fetched = tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]  # message, usage, the last choice and chunk
+
+
+async def _fetch(body: dict[str, Any], ctx: RunContext, head: Event) -> _Fetched:
+    if ctx.stream:
+        return await _stream_reply(ctx.client, body, ctx, head)
+    data = await ctx.client.complete(body)
+    choice = data["choices"][0]
+    return choice.get("message") or {}, data.get("usage"), {"choice": choice, "chunk": data}
+
+
+async def _stream_reply(client: ModelClient, body: dict[str, Any], ctx: RunContext, head: Event) -> _Fetched:
     content: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
     seen: dict[int, int] = {}
     used = None
+    chunk: dict[str, Any] = {}
+    last: dict[str, Any] = {}
     async for chunk in client.stream(body):
         if chunk.get("usage"):
             used = chunk["usage"]
         for choice in chunk.get("choices") or ():
+            last = choice
             delta = choice.get("delta") or {}
             text = delta.get("content")
             if text:
@@ -496,7 +540,7 @@ async def _stream_reply(
             {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": "".join(c["arguments"])}}
             for _, c in sorted(calls.items())
         ]
-    return message, used
+    return message, used, {"choice": last, "chunk": chunk}
 
 
 def _slot_index(calls: dict[int, dict[str, Any]], seen: dict[int, int], delta: dict[str, Any]) -> int:
