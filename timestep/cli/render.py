@@ -176,7 +176,7 @@ class Renderer:
 
     def event(self, event: Event) -> None:
         kind = event.get("type")
-        if kind != "handoff_start":
+        if kind not in ("handoff_start", "guardrail_modified"):  # a transfer shows as a handoff even if modified
             self._flush_deferred()
         handler = getattr(self, f"_on_{kind}", None)
         if handler is not None:
