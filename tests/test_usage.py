@@ -164,3 +164,11 @@ def test_limits_are_checked_before_the_call_that_would_pass_them() -> None:
     usage.before_tool_calls(1)
     with pytest.raises(ConfigurationError):
         Usage(UsageLimits(cost=1)).add("a", "m", {"prompt_tokens": 1})
+
+
+@pytest.mark.parametrize("bad", [{"model_calls": -1}, {"cost": "5"}, {"total_tokens": True}])
+def test_a_limit_that_cannot_work_is_refused_when_built(bad: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match=next(iter(bad))):
+        UsageLimits(**bad)
+    with pytest.raises(ConfigurationError):
+        Price(input=-1, output=1)

@@ -37,6 +37,11 @@ class UsageLimits:
     total_tokens: int | None = None
     cost: float | None = None
 
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+                raise ConfigurationError(f"UsageLimits.{name} must be a number >= 0 or None, got {value!r}")
+
 
 @dataclass(frozen=True)
 class Price:
@@ -44,6 +49,10 @@ class Price:
 
     input: float
     output: float
+
+    def __post_init__(self) -> None:
+        if any(isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in (self.input, self.output)):
+            raise ConfigurationError(f"a Price is two numbers >= 0 per million tokens, got {self}")
 
     def of(self, used: Mapping[str, Any]) -> float:
         tokens_in, tokens_out = int(used.get("prompt_tokens") or 0), int(used.get("completion_tokens") or 0)
