@@ -63,7 +63,7 @@ async def main(calls: int, repeats: int, off_only: bool) -> None:
     times: dict[str, list[float]] = {name: [] for name in modes}
     with tempfile.TemporaryDirectory() as store, TestServer(record=False) as server:
         for config in modes.values():  # warm up: imports, connections, first spans
-            await per_turn(server, store, 5, config)
+            await per_turn(server, store, min(calls, 5), config)
         order = list(modes.items())
         for n in range(repeats):
             for name, config in order[n % len(order) :] + order[: n % len(order)]:  # each mode goes first in turn

@@ -6,6 +6,7 @@ Attribute names come from the semantic-conventions package, so a name typed wron
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -206,8 +207,21 @@ async def test_contents_are_recorded_only_when_asked(
     session = FileSession(desk.name, "content", None, store)
     await run_agent(desk, ASK, session, client=client, config=config(provider, capture_content=True))
     spans = exporter.get_finished_spans()
-    chat = named(spans, "chat big")[0].attributes or {}
-    assert "Weather?" in str(chat[gen_ai.GEN_AI_INPUT_MESSAGES]) and "p1" in str(chat[gen_ai.GEN_AI_OUTPUT_MESSAGES])
+    first, second = (s.attributes or {} for s in named(spans, "chat big"))
+    assert json.loads(str(first[gen_ai.GEN_AI_INPUT_MESSAGES])) == [
+        {"role": "user", "parts": [{"type": "text", "content": "Weather?"}]}
+    ]
+    assert json.loads(str(first[gen_ai.GEN_AI_OUTPUT_MESSAGES])) == [
+        {
+            "role": "assistant",
+            "parts": [{"type": "tool_call", "id": "p1", "name": "get_weather", "arguments": {"city": "Paris"}}],
+            "finish_reason": "tool_calls",
+        }
+    ]
+    assert json.loads(str(second[gen_ai.GEN_AI_INPUT_MESSAGES]))[-1] == {
+        "role": "tool",
+        "parts": [{"type": "tool_call_response", "id": "p1", "response": "Sunny in Paris"}],
+    }
     tool = one(spans, "execute_tool get_weather").attributes or {}
     assert "Paris" in str(tool[gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS])
     assert tool[gen_ai.GEN_AI_TOOL_CALL_RESULT] == "Sunny in Paris"
@@ -253,3 +267,64 @@ print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+class LosesToolResults(FileSession):
+    """A store that fails to write a tool's result once: the call's outcome is then unknown."""
+
+    failing = True
+
+    async def add_items(self, items: list[dict[str, Any]]) -> None:
+        if self.failing and any(i.get("role") == "tool" for i in items):
+            LosesToolResults.failing = False
+            raise OSError("disk full")
+        await super().add_items(items)
+
+
+async def test_an_unknown_outcome_after_a_crash_is_a_span_event(
+    server: TestServer, client: ModelClient, store: Path, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    server.script(Reply.tool_calls(ToolCall("get_weather", {"city": "Paris"}, id="u1")))
+    session = LosesToolResults(desk.name, "crashed", None, store)
+    with pytest.raises(OSError, match="disk full"):
+        await run_agent(desk, ASK, session, client=client, config=config(provider))
+    exporter.clear()
+    second = await run_agent(desk, [], session, client=client, config=config(provider))
+    assert second["status"] == "interrupted" and second["interruptions"][0]["kind"] == "unknown_outcome"
+    tool = one(exporter.get_finished_spans(), "execute_tool get_weather")
+    (event,) = tool.events
+    assert event.name == "timestep.tool.unknown_outcome"
+    assert (event.attributes or {})["timestep.tool.args_fingerprint"] == fingerprint("get_weather", {"city": "Paris"})
+    assert (tool.attributes or {})["timestep.tool.outcome"] == "paused"
+
+
+def test_tracing_without_the_extra_says_which_to_install(tmp_path: Path) -> None:
+    program = """
+import sys
+sys.modules["opentelemetry"] = None  # as if the otel extra were not installed
+from timestep import Agent, ConfigurationError, FileSession, RunConfig, run_agent
+try:
+    run_agent(Agent(name="A", model="m"), [], FileSession("A", "c"), config=RunConfig(tracing=True))
+except ConfigurationError as exc:
+    print(exc)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'timestep[otel]'" in proc.stdout
+
+
+def test_the_tracing_benchmark_runs(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tracing", "--calls", "2", "--repeats", "1"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for mode in ("off", "on, no-op provider", "on, SDK in memory"):
+        assert f"tracing {mode}: " in proc.stdout

@@ -201,9 +201,9 @@ def run_agent(
     model_client = _resolve_client(client)
     cfg = config or RunConfig()
     decisions = {cid: parse_decision(cid, value) for cid, value in (approvals or {}).items()}
+    observer = _observer(cfg, model_client)
 
     async def drive(emit: Callable[[Event], None]) -> None:
-        observer = _observer(cfg, model_client)
         ctx = RunContext(
             config=cfg,
             stream=stream,
@@ -230,8 +230,12 @@ def _observer(cfg: RunConfig, client: ModelClient) -> Observer | None:
     """The tracing observer, imported only when tracing is on: off, a run never touches OpenTelemetry."""
     if not cfg.tracing:
         return None
-    from .tracing import Observer, Tracing
-
+    try:
+        from .tracing import Observer, Tracing
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"tracing needs OpenTelemetry ({exc}): pip install 'timestep[otel]' (or -e '.[otel]' in a checkout)"
+        ) from None
     return Observer(cfg.tracing if isinstance(cfg.tracing, Tracing) else Tracing(), client)
 
 

@@ -29,6 +29,7 @@ Design
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -129,7 +130,13 @@ class Observer:
             if isinstance(body.get(key), int | float):
                 attributes[name] = body[key]
         if self._content:
-            attributes[gen_ai.GEN_AI_INPUT_MESSAGES] = _dumps(body.get("messages"))
+            messages = body.get("messages") or []
+            system = [{"type": "text", "content": m.get("content")} for m in messages if m.get("role") == "system"]
+            if system:
+                attributes[gen_ai.GEN_AI_SYSTEM_INSTRUCTIONS] = _dumps(system)
+            attributes[gen_ai.GEN_AI_INPUT_MESSAGES] = _dumps(
+                [_message(m) for m in messages if m.get("role") != "system"]
+            )
         parent = self._agents.get((head["depth"], head["agent"]))
         span = self._start(f"chat {model}", parent, attributes, SpanKind.CLIENT)
         try:
@@ -149,7 +156,8 @@ class Observer:
             span.set_attribute(gen_ai.GEN_AI_RESPONSE_FINISH_REASONS, [str(choice["finish_reason"])])
         _set_tokens(span, used)
         if self._content:
-            span.set_attribute(gen_ai.GEN_AI_OUTPUT_MESSAGES, _dumps([message]))
+            output = {**_message({"role": "assistant", **message}), "finish_reason": choice.get("finish_reason")}
+            span.set_attribute(gen_ai.GEN_AI_OUTPUT_MESSAGES, _dumps([output]))
         span.end()
         return fetched
 
@@ -298,6 +306,25 @@ def _set_tokens(span: Span, used: dict[str, Any] | None) -> None:
     if used:
         span.set_attribute(gen_ai.GEN_AI_USAGE_INPUT_TOKENS, int(used.get("prompt_tokens") or 0))
         span.set_attribute(gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS, int(used.get("completion_tokens") or 0))
+
+
+def _message(message: dict[str, Any]) -> dict[str, Any]:
+    """A Chat Completions message in the conventions' form: a role and its parts."""
+    parts: list[dict[str, Any]] = []
+    content = message.get("content")
+    if message.get("role") == "tool":
+        parts.append({"type": "tool_call_response", "id": message.get("tool_call_id"), "response": content})
+    elif isinstance(content, str) and content:
+        parts.append({"type": "text", "content": content})
+    elif isinstance(content, list):
+        parts += [{"type": "text", "content": p.get("text")} for p in content if isinstance(p, dict)]
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        arguments: Any = fn.get("arguments")
+        with contextlib.suppress(ValueError):  # arguments that are not JSON are shown as sent
+            arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+        parts.append({"type": "tool_call", "id": call.get("id"), "name": fn.get("name"), "arguments": arguments})
+    return {"role": message.get("role"), "parts": parts}
 
 
 def _dumps(value: Any) -> str:
