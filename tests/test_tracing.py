@@ -276,7 +276,7 @@ class LosesToolResults(FileSession):
 
     async def add_items(self, items: list[dict[str, Any]]) -> None:
         if self.failing and any(i.get("role") == "tool" for i in items):
-            LosesToolResults.failing = False
+            self.failing = False
             raise OSError("disk full")
         await super().add_items(items)
 
