@@ -85,8 +85,8 @@ ISSUE_19: list[Mutation] = [
     Mutation(
         "rerun-without-retry-flag",
         EXECUTION,
-        'ctx.emit({"type": "tool_call", **base, "arguments": args, "retry": True})',
-        'ctx.emit({"type": "tool_call", **base, "arguments": args})',
+        'ctx.emit({"type": "tool_call", **base, "arguments": args, "args": args, "retry": True})',
+        'ctx.emit({"type": "tool_call", **base, "arguments": args, "args": args})',
         "the tool_call event of a re-run lacks retry=True",
         (_p("test_the_tool_call_event_of_a_rerun_says_retry"),),
     ),
@@ -101,8 +101,8 @@ ISSUE_19: list[Mutation] = [
     Mutation(
         "fingerprint-key-order",
         APPROVALS,
-        "sort_keys=True, separators",
-        "sort_keys=False, separators",
+        "json.dumps([tool_name, arguments], sort_keys=True",
+        "json.dumps([tool_name, arguments], sort_keys=False",
         "the arguments' fingerprint depends on key order",
         (_p("test_an_approval_of_edited_arguments_does_not_depend_on_key_order"),),
     ),
@@ -133,8 +133,8 @@ ISSUE_19: list[Mutation] = [
     Mutation(
         "out-of-turn-result-not-journaled",
         RUN,
-        '                    await session.add_items([{"journal": "result", "call": calls[n].id, "content": content}])',
-        "                    pass",
+        "                await keep(n)  # safe while earlier calls still run",
+        "                pass",
         "a later call's finished result is not journaled while earlier calls still run",
         (_p("test_a_result_saved_while_an_earlier_call_ran_is_used_not_run_again"),),
     ),
@@ -243,7 +243,7 @@ MORE: list[Mutation] = [
     Mutation(
         "started-not-journaled",
         EXECUTION,
-        '    await session.add_items([{"journal": "started", "call": call.id, "args": _jsonable(args)}])',
+        '    await session.add_items([seal.sign({"journal": "started", "call": call.id, "args": _jsonable(args)})])',
         "    pass",
         "the start of a call is not journaled (dropped await)",
         ("tests/test_run.py::test_leaving_the_event_stream_early_cancels_the_run", "tests/test_approvals.py"),
@@ -291,8 +291,8 @@ MORE: list[Mutation] = [
     Mutation(
         "caller-guardrails-not-inherited",
         EXECUTION,
-        "inherited_guardrails=(*self.inherited_guardrails, *caller.guardrails)",
-        "inherited_guardrails=self.inherited_guardrails",
+        "                *(g for g in caller.guardrails if isinstance(g, InputGuardrail | OutputGuardrail)),\n",
+        "",
         "a delegate's tools escape the caller's guardrails",
         ("tests/test_handoffs.py",),
     ),
@@ -316,7 +316,7 @@ MORE: list[Mutation] = [
     Mutation(
         "new-message-while-pending",
         RUN,
-        "    if has_messages and pending:",
+        "    if has_messages and (pending or messages):",
         "    if False:",
         "a new user message is accepted while calls wait for approval",
         ("tests/test_approvals.py::test_forged_replayed_and_tampered_approvals_run_nothing",),
@@ -399,8 +399,8 @@ MORE: list[Mutation] = [
     Mutation(
         "delegate-pending-hidden",
         RUN,
-        "if target is not None and p.started and depth < 64:",
-        "if False:",
+        "        if target is not None and p.started and depth < 64:\n            found += await _pending_interrupts(",
+        "        if False:\n            found += await _pending_interrupts(",
         "calls waiting inside a delegate are not listed (nor approvable)",
         ("tests/test_handoffs.py",),
     ),
@@ -577,4 +577,192 @@ MORE: list[Mutation] = [
     ),
 ]
 
-MUTATIONS: list[Mutation] = [*ISSUE_19, *MORE]
+MODEL = "timestep/model.py"
+FILE_STORE = "timestep/sessions/file.py"
+SQLITE = "timestep/sessions/sqlite.py"
+INTEGRITY_TESTS = "tests/test_approval_integrity.py"
+
+# Promises added since: approvals that a write to the store cannot forge, results in call order,
+# namesake guardrails, and the model.py and store rows of issue 19.
+LATER = [
+    Mutation(
+        "decision-not-bound",
+        APPROVALS,
+        '        or decision.get("interrupt") != digest(interrupt)\n',
+        "",
+        "a recorded decision is not checked against the question it answers",
+        (INTEGRITY_TESTS,),
+    ),
+    Mutation(
+        "shown-args-unchecked",
+        APPROVALS,
+        'elif fingerprint(call.name, record.get("args")) != record.get("args_fingerprint"):',
+        "elif False:",
+        "a question whose shown arguments were edited is still shown and applied",
+        (INTEGRITY_TESTS,),
+    ),
+    Mutation(
+        "rerun-args-unchecked",
+        APPROVALS,
+        'elif record.get("kind") == "unknown_outcome" and (',
+        "elif False and (",
+        "a re-run may use arguments other than the ones the person was shown",
+        (INTEGRITY_TESTS,),
+    ),
+    Mutation(
+        "unsigned",
+        APPROVALS,
+        '            record["sig"] = self._mac(record)',
+        "            pass",
+        "with a secret, records are not signed",
+        (INTEGRITY_TESTS,),
+    ),
+    Mutation(
+        "signature-unchecked",
+        APPROVALS,
+        "        if not self.secret:\n            return\n        sig = record.get",
+        "        if True:\n            return\n        sig = record.get",
+        "with a secret, unsigned records are accepted",
+        (INTEGRITY_TESTS,),
+    ),
+    Mutation(
+        "answers-not-rechecked",
+        EXECUTION,
+        "    _check_answers(seal, call)  # a stored decision is checked before it is acted on",
+        "    pass",
+        "stored decisions are used without checking them",
+        (INTEGRITY_TESTS,),
+        harmless="the same check runs again just before the tool runs; a decision that never reaches a tool "
+        "can only decline it",
+    ),
+    Mutation(
+        "results-jump-a-paused-call",
+        RUN,
+        "            if held[0]:\n                await keep(n)\n            elif",
+        "            if False:\n                await keep(n)\n            elif",
+        "when a call pauses, later results are stored before it",
+        ("tests/test_call_order.py",),
+    ),
+    Mutation(
+        "namesake-guardrails-share-an-answer",
+        EXECUTION,
+        'labels.append(g.name if seen[g.name] == 1 else f"{g.name} #{seen[g.name]}")',
+        "labels.append(g.name)",
+        "two approval guardrails with one name share one answer",
+        (_p("test_two_approval_guardrails_with_the_same_name_each_get_an_answer"),),
+    ),
+    Mutation(
+        "transfer-result-as-text",
+        EXECUTION,
+        'result: Any = {"result": outcome.content}',
+        "result: Any = outcome.content",
+        "an output guardrail gets a transfer's answer as text, not {'result': ...}",
+        ("tests/test_seed.py",),
+    ),
+    Mutation(
+        "retry-after-ignored",
+        MODEL,
+        "                if after is not None:\n"
+        "                    return min(max(float(after), 0.0), MAX_RETRY_AFTER)",
+        "                if False:\n                    pass",
+        "Retry-After in seconds is ignored",
+        ("tests/test_model.py",),
+    ),
+    Mutation(
+        "transient-not-retried",
+        MODEL,
+        "RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})",
+        "RETRY_STATUSES = frozenset({429, 500})",
+        "408, 409, 502, 503 and 504 are not retried",
+        ("tests/test_model.py",),
+    ),
+    Mutation(
+        "key-in-repr",
+        MODEL,
+        "api_key={REDACTED if self.api_key else None})",
+        "api_key={self.api_key})",
+        "repr(ModelClient) shows the key",
+        ("tests/test_model.py",),
+    ),
+    Mutation(
+        "fsync-skipped",
+        FILE_STORE,
+        "                if self.fsync:\n                    os.fsync(fd)",
+        "                if self.fsync:\n                    pass",
+        "FileSession(fsync=True) never fsyncs",
+        ("tests/test_file_session.py",),
+    ),
+    Mutation(
+        "reads-unlocked",
+        FILE_STORE,
+        "            self._lock(fd, fcntl.LOCK_SH, blocking)",
+        "            pass",
+        "reads no longer take the shared lock",
+        ("tests/test_file_session.py",),
+    ),
+    Mutation(
+        "sqlite-synchronous-off",
+        SQLITE,
+        'conn.execute("PRAGMA synchronous = NORMAL")',
+        'conn.execute("PRAGMA synchronous = OFF")',
+        "SQLite runs with synchronous=OFF",
+        ("tests/test_session_contract.py",),
+    ),
+    Mutation(
+        "sqlite-deferred",
+        SQLITE,
+        '    conn.execute("BEGIN IMMEDIATE")',
+        '    conn.execute("BEGIN")',
+        "SQLite transactions are deferred instead of BEGIN IMMEDIATE",
+        ("tests/test_session_contract.py",),
+    ),
+]
+
+CONVERSATION = "timestep/conversation.py"
+OUTPUT = "timestep/output.py"
+
+# Guarding the conversation and typed answers (issue 16).
+CONVERSATION_GUARDS = [
+    Mutation(
+        "stream-released-before-checked",
+        CONVERSATION,
+        "        self._release(min(self.passed))",
+        "        self._release(len(self.text))",
+        "a streamed answer is shown before its answer guardrails passed it",
+        ("tests/test_conversation_guardrails.py",),
+    ),
+    Mutation(
+        "message-block-ignored",
+        CONVERSATION,
+        '                return _blocked(ctx, head, label, verdict.reason or "blocked")',
+        "                pass",
+        "a message guardrail's block lets the message through",
+        ("tests/test_conversation_guardrails.py",),
+    ),
+    Mutation(
+        "answer-not-validated",
+        OUTPUT,
+        "            return self.adapter.validate_python(data)",
+        "            return data",
+        "a typed answer is not validated against its type",
+        ("tests/test_output_type.py",),
+    ),
+    Mutation(
+        "answer-retries-unbounded",
+        RUN,
+        "            if attempts > ctx.config.max_answer_retries:",
+        "            if attempts > ctx.config.max_answer_retries + 5:",
+        "answers that never validate are retried past max_answer_retries",
+        ("tests/test_output_type.py",),
+    ),
+    Mutation(
+        "no-response-format-fallback",
+        RUN,
+        "        _no_response_format.add((ctx.client.base_url, agent.model))",
+        "        pass",
+        "an endpoint that refused the response format is asked with it again",
+        ("tests/test_output_type.py",),
+    ),
+]
+
+MUTATIONS: list[Mutation] = [*ISSUE_19, *MORE, *LATER, *CONVERSATION_GUARDS]

@@ -915,3 +915,37 @@ def test_the_readme_transcript_matches_a_real_run(server: TestServer, tmp_path: 
     session = "\n".join(typed) + "\n"
     assert timestep(command.removeprefix("$ timestep "), session) == normal("\n".join(shown))
     assert timestep("sessions list") == normal(list_part.strip())
+
+
+def test_run_gives_the_agent_an_mcp_servers_tools(
+    runner: CliRunner, server: TestServer, agents_file: Path, store: Path
+) -> None:
+    notes = Path(__file__).resolve().parent / "mcp_notes_server.py"
+    spec = shlex.join([sys.executable, str(notes)])
+    server.script(Reply.tool_calls(ToolCall("add", {"a": 2, "b": 3})), Reply.text("2 + 3 = 5"))
+
+    result = run(runner, server, agents_file, store, "add 2 and 3", "--mcp", spec)
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "2 + 3 = 5\n"
+    assert "add" in [t["function"]["name"] for t in server.requests[0].body["tools"]]
+    assert server.requests[1].messages[-1]["content"] == "5"  # the server's own answer reached the model
+
+
+def test_run_blocked_by_an_answer_guardrail_exits_4_with_the_refusal(
+    runner: CliRunner, server: TestServer, tmp_path: Path, store: Path
+) -> None:
+    agents = tmp_path / "guarded_agents.py"
+    agents.write_text(
+        "from timestep import Agent, AnswerGuardrail, GuardrailResult\n"
+        "def no_codes(text):\n"
+        "    return GuardrailResult.block('it has a code') if 'code' in text else None\n"
+        "bot = Agent(name='bot', model='m', guardrails=[AnswerGuardrail(no_codes)])\n"
+    )
+    server.script(Reply.text("The code is 1234."))
+    args = ["run", f"{agents}:bot", "hi", "--base-url", server.base_url, "--store", str(store)]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 4, result.stderr
+    assert result.stdout == "I can't give that answer: it has a code.\n"
+    assert "answer blocked by guardrail no_codes: it has a code" in result.stderr
+    assert "1234" not in result.stdout + result.stderr

@@ -221,11 +221,6 @@ async def test_each_approval_guardrail_of_a_call_gets_its_own_answer(
     assert third["status"] == "completed" and sent == [(5, "Ada"), (5, "Ada")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: execution._approve matches a recorded decision to its guardrail by name, so two approval "
-    "guardrails with the same name (two made by one factory, two lambdas) share one answer",
-)
 async def test_two_approval_guardrails_with_the_same_name_each_get_an_answer(
     server: TestServer, client: ModelClient, store: Path
 ) -> None:

@@ -4,6 +4,7 @@ import timestep
 
 EXPECTED = [
     "Agent",
+    "AnswerGuardrail",
     "ApprovalError",
     "ConfigurationError",
     "ConversationInfo",
@@ -13,12 +14,14 @@ EXPECTED = [
     "InputGuardrail",
     "Interruption",
     "MaxTurnsExceeded",
+    "MessageGuardrail",
     "ModelClient",
     "ModelConnectionError",
     "ModelError",
     "ModelHTTPError",
     "ModelResponseError",
     "OutputGuardrail",
+    "OutputValidationError",
     "PostgresSession",
     "Price",
     "RunConfig",
@@ -55,5 +58,5 @@ def test_public_names() -> None:
 
 def test_errors_share_one_root() -> None:
     errors = [getattr(timestep, n) for n in EXPECTED if n.endswith("Error") or n.endswith("Exceeded")]
-    assert len(errors) == 14 and all(issubclass(e, timestep.TimestepError) for e in errors)
+    assert len(errors) == 15 and all(issubclass(e, timestep.TimestepError) for e in errors)
     assert not issubclass(timestep.GuardrailInterrupt, timestep.TimestepError)  # a signal, not an error

@@ -463,7 +463,8 @@ async def test_a_corrupt_postgres_row_is_reported_with_its_seq(pg_prefix: str) -
         finally:
             await db.close()
         with pytest.raises(SessionCorruptError) as caught:
-            await session.get_items()
+            # A session that has not read the row yet: one that has keeps it as it read it (its cache).
+            await session.derive(session.agent_name, conv, SYSTEM).get_items()
         assert "PostgreSQL" in str(caught.value) and conv in str(caught.value) and "seq 3" in str(caught.value)
         assert caught.value.line == 3
         with pytest.raises(SessionCorruptError):

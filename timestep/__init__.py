@@ -12,6 +12,7 @@ from .exceptions import (
     ModelError,
     ModelHTTPError,
     ModelResponseError,
+    OutputValidationError,
     SessionBusyError,
     SessionCorruptError,
     SessionError,
@@ -20,7 +21,14 @@ from .exceptions import (
     TimestepError,
     UsageLimitExceeded,
 )
-from .guardrails import GuardrailInterrupt, GuardrailResult, InputGuardrail, OutputGuardrail
+from .guardrails import (
+    AnswerGuardrail,
+    GuardrailInterrupt,
+    GuardrailResult,
+    InputGuardrail,
+    MessageGuardrail,
+    OutputGuardrail,
+)
 from .model import ModelClient
 from .result import default_result_processor
 from .run import RunConfig, RunHandle, pending_interruptions, run_agent
@@ -45,6 +53,7 @@ _LAZY = {
 
 __all__ = [
     "Agent",
+    "AnswerGuardrail",
     "ApprovalError",
     "ConfigurationError",
     "ConversationInfo",
@@ -54,12 +63,14 @@ __all__ = [
     "InputGuardrail",
     "Interruption",
     "MaxTurnsExceeded",
+    "MessageGuardrail",
     "ModelClient",
     "ModelConnectionError",
     "ModelError",
     "ModelHTTPError",
     "ModelResponseError",
     "OutputGuardrail",
+    "OutputValidationError",
     "PostgresSession",
     "Price",
     "RunConfig",

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .exceptions import ConfigurationError
-from .guardrails import InputGuardrail, OutputGuardrail
+from .guardrails import AnswerGuardrail, InputGuardrail, MessageGuardrail, OutputGuardrail
 from .handoffs import handoff_tool_name, handoff_tool_spec
 from .tools import Tool, Toolset, as_tool
+
+if TYPE_CHECKING:
+    from .output import OutputMode, OutputSpec
 
 
 @dataclass(eq=False)
@@ -23,6 +26,9 @@ class Agent:
 
     ``model_settings`` is passed through to the Chat Completions request (``temperature``,
     ``max_tokens``...), so any option the endpoint accepts is available without a new parameter.
+    ``output_type`` makes the final answer typed (see :mod:`timestep.output`). ``guardrails`` takes
+    all four kinds: :class:`InputGuardrail`/:class:`OutputGuardrail` around tool calls,
+    :class:`MessageGuardrail` on incoming user messages and :class:`AnswerGuardrail` on answers.
     """
 
     name: str
@@ -30,8 +36,10 @@ class Agent:
     instructions: str | None = None
     tools: Sequence[Any] = ()
     handoffs: Sequence[Agent] = ()
-    guardrails: Sequence[InputGuardrail | OutputGuardrail] = ()
+    guardrails: Sequence[InputGuardrail | OutputGuardrail | MessageGuardrail | AnswerGuardrail] = ()
     model_settings: dict[str, Any] = field(default_factory=dict)
+    output_type: Any = None
+    output_mode: OutputMode = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -62,15 +70,29 @@ class Agent:
             self._claim(tool_name, f"handoff to {target.name!r}")
             self._handoffs[tool_name] = target
         for g in self.guardrails:
-            if not isinstance(g, InputGuardrail | OutputGuardrail):
+            if not isinstance(g, InputGuardrail | OutputGuardrail | MessageGuardrail | AnswerGuardrail):
                 raise ConfigurationError(
-                    f"Agent {self.name!r}: guardrail {g!r} is not an InputGuardrail or OutputGuardrail"
+                    f"Agent {self.name!r}: guardrail {g!r} is not an InputGuardrail, OutputGuardrail, "
+                    "MessageGuardrail or AnswerGuardrail"
                 )
-        for toolset in self._toolsets:
-            self.guardrails.extend(toolset.toolset_guardrails())
+        self.output = self._output_spec()
+        for toolset in self._toolsets:  # once: a copy made with dataclasses.replace already has them
+            self.guardrails.extend(g for g in toolset.toolset_guardrails() if g not in self.guardrails)
         self._tool_specs = [t.spec() for t in self._tools.values()] + [
             handoff_tool_spec(name, target) for name, target in self._handoffs.items()
         ]
+
+    def _output_spec(self) -> OutputSpec | None:
+        if self.output_type is None:
+            return None
+        from .output import FINAL_ANSWER_TOOL, output_spec
+
+        if self.output_mode not in ("auto", "json_schema", "tool"):
+            raise ConfigurationError(
+                f"Agent {self.name!r}: output_mode must be 'auto', 'json_schema' or 'tool', got {self.output_mode!r}"
+            )
+        self._claim(FINAL_ANSWER_TOOL, "the final-answer tool of output_type")
+        return output_spec(self.output_type)
 
     def _claim(self, tool_name: str, what: str) -> None:
         if tool_name in self._tools or tool_name in self._handoffs:
@@ -103,6 +125,14 @@ class Agent:
         if self._toolsets:
             self._refresh()
         return self._tools.get(name)
+
+    @property
+    def message_guardrails(self) -> list[MessageGuardrail]:
+        return [g for g in self.guardrails if isinstance(g, MessageGuardrail)]
+
+    @property
+    def answer_guardrails(self) -> list[AnswerGuardrail]:
+        return [g for g in self.guardrails if isinstance(g, AnswerGuardrail)]
 
     def get_handoff(self, name: str) -> Agent | None:
         return self._handoffs.get(name)

@@ -35,7 +35,7 @@ from .exceptions import ApprovalError
 from .handoffs import HANDOFF_RECEIVED
 from .sessions.base import Item
 
-InterruptKind = Literal["approval", "unknown_outcome"]
+InterruptKind = Literal["approval", "unknown_outcome", "message"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,7 @@ class ConversationState:
     pending: list[PendingCall] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # of the latest assistant message
     call_ids: set[str] = field(default_factory=set)  # every tool call id used in the conversation
+    pending_message: Item | None = None  # a user message waiting for a person (a message guardrail asked)
 
     @property
     def final_output(self) -> str | None:
@@ -146,8 +147,13 @@ async def load(session: Any) -> tuple[list[Item], list[Item]]:
     """A session's messages and its journal, each in the order written.
 
     Stores that keep the journal apart say so with ``get_journal()``; for a user's own store that
-    returns whatever it was given, the two are told apart by the ``journal`` key.
+    returns whatever it was given, the two are told apart by the ``journal`` key. A store that can
+    read both at once (the database stores' ``get_items_and_journal()``) is asked once.
     """
+    both = getattr(session, "get_items_and_journal", None)
+    if both is not None:
+        messages, journal = await both()
+        return messages, journal
     get_journal = getattr(session, "get_journal", None)
     if get_journal is not None:
         return await session.get_items(), await get_journal()
@@ -169,7 +175,7 @@ def replay(messages: list[Item], journal: Sequence[Item] = ()) -> ConversationSt
     call_ids = {i for i in ids if isinstance(i, str)}
     last_call_msg = _latest_tool_call_message(messages)
     if last_call_msg < 0:
-        return ConversationState(messages, call_ids=call_ids)
+        return ConversationState(messages, call_ids=call_ids, pending_message=pending_message(journal))
     calls = messages[last_call_msg]["tool_calls"]
     pending_calls: dict[str, PendingCall] = {}
     for c in calls:
@@ -181,6 +187,18 @@ def replay(messages: list[Item], journal: Sequence[Item] = ()) -> ConversationSt
             _apply_record(p, record)
     pending = [p for cid, p in pending_calls.items() if cid not in answered]
     return ConversationState(messages, pending, calls, call_ids)
+
+
+def pending_message(journal: Sequence[Item]) -> Item | None:
+    """The user message waiting for a person's decision, if the latest one is."""
+    waiting: Item | None = None
+    for record in journal:
+        kind = record.get("journal")
+        if kind == "message_interrupt":
+            waiting = record
+        elif kind == "message_decision" and waiting is not None and record.get("call") == waiting.get("call"):
+            waiting = None
+    return waiting
 
 
 def _latest_tool_call_message(messages: list[Item]) -> int:

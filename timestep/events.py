@@ -97,7 +97,7 @@ class InterruptRaised(_ToolEvent):
 
     type: Literal["interrupt"]
     prompt: str
-    kind: Literal["approval", "unknown_outcome"]
+    kind: Literal["approval", "unknown_outcome", "message"]
 
 
 class ApprovalRecorded(_ToolEvent):
@@ -107,6 +107,21 @@ class ApprovalRecorded(_ToolEvent):
     approved: bool
     message: str | None
     edited_arguments: dict[str, Any] | None
+
+
+class ConversationGuardrail(_Event):
+    """A message or answer guardrail acted: ``block``, ``replace`` (a redaction) or ``retry``.
+
+    For an answer streamed with ``stream=True``, ``released`` is how many characters of it the
+    person had been shown when the guardrail acted: after a block, nothing more is shown.
+    """
+
+    type: Literal["guardrail"]
+    stage: Literal["message", "answer"]
+    guardrail: str
+    action: Literal["block", "replace", "retry"]
+    reason: str | None
+    released: NotRequired[int]
 
 
 class HandoffStart(_Event):
@@ -142,11 +157,12 @@ class RunEnd(_Event):
     ``run_usage`` the whole run's (delegates included), per model and per agent."""
 
     type: Literal["run_end"]
-    status: Literal["completed", "interrupted", "error"]
+    status: Literal["completed", "interrupted", "blocked", "error"]
     final_output: str | None
     usage: dict[str, int]
     interruptions: NotRequired[list[dict[str, Any]]]
     run_usage: NotRequired[dict[str, Any]]
+    output: NotRequired[Any]
 
 
 Event = (
@@ -160,6 +176,7 @@ Event = (
     | GuardrailModified
     | InterruptRaised
     | ApprovalRecorded
+    | ConversationGuardrail
     | HandoffStart
     | HandoffEnd
     | RunError
@@ -177,6 +194,7 @@ EVENT_TYPES: tuple[type[Any], ...] = (
     GuardrailModified,
     InterruptRaised,
     ApprovalRecorded,
+    ConversationGuardrail,
     HandoffStart,
     HandoffEnd,
     RunError,

@@ -15,6 +15,7 @@
     │                             go on because approvals are pending
     ├── MaxTurnsExceeded          a run that did not reach an answer within its turn budget
     ├── UsageLimitExceeded        a run that reached one of its usage limits (calls, tokens, cost)
+    ├── OutputValidationError     final answers that did not match the agent's output_type, retries included
     └── MCPServerError            an MCP server that would not start, died, hung or answered nonsense
 
 `GuardrailInterrupt` is deliberately *not* here: it is a control-flow signal a guardrail raises to
@@ -110,3 +111,7 @@ class MCPServerError(TimestepError):
         super().__init__(f"MCP server {server!r}: {message}")
         self.server = server
         self.tool = tool
+
+
+class OutputValidationError(TimestepError):
+    """The model's final answers did not match the agent's ``output_type``, retries included."""

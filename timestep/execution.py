@@ -67,7 +67,12 @@ class RunContext:
 
     def child(self, caller: Agent) -> RunContext:
         return replace(
-            self, depth=self.depth + 1, inherited_guardrails=(*self.inherited_guardrails, *caller.guardrails)
+            self,
+            depth=self.depth + 1,
+            inherited_guardrails=(
+                *self.inherited_guardrails,
+                *(g for g in caller.guardrails if isinstance(g, InputGuardrail | OutputGuardrail)),
+            ),
         )
 
 
@@ -254,12 +259,12 @@ async def _run_input_chain(
     args: dict[str, Any],
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """One pass: (arguments to call with, None), (None, None) if paused, or (None, edited) to restart."""
-    for g in chain:
+    for g, label in zip(chain, _labels(chain), strict=True):
         try:
             verdict = await g.check(call.name, args)
         except GuardrailInterrupt as interrupt:
             asked = interrupt.tool_args or args
-            decision = await _approve(agent, session, ctx, call, base, g.name, interrupt.prompt, asked)
+            decision = await _approve(agent, session, ctx, call, base, label, interrupt.prompt, asked)
             if decision is None:
                 return None, None
             if not decision["approve"]:
@@ -277,6 +282,20 @@ async def _run_input_chain(
             args = verdict.args
             ctx.emit({"type": "guardrail_modified", **base, "stage": "input", "guardrail": g.name})
     return args, None
+
+
+def _labels(chain: list[InputGuardrail]) -> list[str]:
+    """Each guardrail's name in the journal: its own, then ``name #2``, ``#3``... for namesakes.
+
+    An answer is matched to the guardrail that asked by this label, so two guardrails that share a
+    name (two made by one factory, two lambdas) each get their own answer.
+    """
+    seen: dict[str, int] = {}
+    labels = []
+    for g in chain:
+        seen[g.name] = seen.get(g.name, 0) + 1
+        labels.append(g.name if seen[g.name] == 1 else f"{g.name} #{seen[g.name]}")
+    return labels
 
 
 async def _approve(

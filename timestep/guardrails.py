@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Action = Literal["proceed", "block", "modify_args", "modify_result"]
+Action = Literal["proceed", "block", "modify_args", "modify_result", "replace", "retry"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,16 @@ class GuardrailResult:
     @classmethod
     def modify_result(cls, new_result: Any) -> GuardrailResult:
         return cls("modify_result", result=new_result)
+
+    @classmethod
+    def replace(cls, new_text: str) -> GuardrailResult:
+        """For a message or an answer guardrail: go on with this text instead (a redaction, say)."""
+        return cls("replace", result=new_text)
+
+    @classmethod
+    def retry(cls, reason: str) -> GuardrailResult:
+        """For an answer guardrail: ask the model for another answer, telling it why."""
+        return cls("retry", reason=reason)
 
 
 class GuardrailInterrupt(Exception):
@@ -92,7 +102,58 @@ class OutputGuardrail:
         return _coerce(await _call(self.handler, tool_name, args, result), self.name)
 
 
-Guardrail = InputGuardrail | OutputGuardrail
+@dataclass(frozen=True)
+class MessageGuardrail:
+    """Runs ``handler(text)`` on each incoming user message, before any model call.
+
+    It may proceed, ``block(reason)`` (the model never sees the message; the person is told
+    ``reason``), ``replace(text)`` (a redaction: the model and the session get the new text), or
+    raise :class:`GuardrailInterrupt` to pause for a person, durably, as a tool approval does.
+    """
+
+    handler: Callable[..., Any]
+    name: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", getattr(self.handler, "__name__", type(self.handler).__name__))
+
+    async def check(self, text: str) -> GuardrailResult:
+        return _coerce(await _call(self.handler, text), self.name)
+
+
+Checkpoint = Literal["sentence", "answer"] | int
+
+
+@dataclass(frozen=True)
+class AnswerGuardrail:
+    """Runs ``handler(text)`` on the agent's answer: proceed, ``block``, ``replace`` or ``retry``.
+
+    With ``stream=True`` the answer is held back until the guardrail has passed it: at each
+    ``checkpoint`` (``"sentence"``: at sentence ends; an ``int``: every that many characters;
+    ``"answer"``: only the whole answer) it sees the text so far, and only what it passed is
+    released as ``content_delta`` events. A block part-way means the person never saw the rest.
+    """
+
+    handler: Callable[..., Any]
+    name: str = field(default="")
+    checkpoint: Checkpoint = "sentence"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", getattr(self.handler, "__name__", type(self.handler).__name__))
+        if not (
+            self.checkpoint in ("sentence", "answer") or (isinstance(self.checkpoint, int) and self.checkpoint > 0)
+        ):
+            raise ValueError(
+                f"checkpoint must be 'sentence', 'answer' or a positive number of characters, got {self.checkpoint!r}"
+            )
+
+    async def check(self, text: str) -> GuardrailResult:
+        return _coerce(await _call(self.handler, text), self.name)
+
+
+Guardrail = InputGuardrail | OutputGuardrail | MessageGuardrail | AnswerGuardrail
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:

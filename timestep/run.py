@@ -34,17 +34,29 @@ from .approvals import (
     parse_decision,
     replay,
 )
+from .conversation import (
+    AnswerGate,
+    Checked,
+    check_message_record,
+    check_messages,
+    message_interruption,
+    resume_message,
+    settle_answer,
+)
 from .exceptions import (
     ApprovalError,
     ConfigurationError,
     MaxTurnsExceeded,
+    ModelHTTPError,
     ModelResponseError,
+    OutputValidationError,
     TimestepError,
     UsageLimitExceeded,
 )
 from .execution import ApprovalHandler, CallOutcome, Event, RunContext, execute_call
 from .handoffs import HANDOFF_RECEIVED, delegate_session
 from .model import ModelClient
+from .output import FINAL_ANSWER_TOOL
 from .result import default_result_processor
 from .sessions.base import Item, Session
 from .usage import Price, Usage, UsageLimits
@@ -70,16 +82,21 @@ class RunConfig:
     million tokens, by model name) give the result a ``cost`` and make a cost limit possible.
     ``tracing`` (``True``, or a :class:`timestep.tracing.Tracing`) sends OpenTelemetry spans; off, the
     tracing module is never imported.
+    ``message_key`` makes delivering ``messages`` idempotent: they are stored together with a
+    journal record carrying the key, and a run whose key is already in the journal adds them no
+    more, so a run retried after a crash (a durable worker's, an HTTP client's) never sends twice.
     """
 
     max_turns: int = 10
     max_handoff_depth: int = 5
+    max_answer_retries: int = 2
     history: HistoryPolicy | None = None
     lock_timeout: float = 120.0
     approval_secret: str | bytes | None = field(default=None, repr=False)
     limits: UsageLimits | None = None
     prices: Mapping[str, Price] | None = None
     tracing: bool | Tracing = False
+    message_key: str | None = None
 
 
 class RunHandle(Coroutine[Any, Any, Any]):
@@ -217,9 +234,10 @@ def run_agent(
         )
         lock = getattr(session, "lock", None)
         async with lock(cfg.lock_timeout) if lock is not None else contextlib.nullcontext():
-            has_messages = bool(messages) and approval_handler is None
+            new, marker = await _undelivered(session, messages, cfg.message_key)
+            has_messages = bool(new) and approval_handler is None
             state = await _check_approvals(agent, session, decisions, has_messages, cfg.approval_secret)
-            outcome = await _run_level(agent, list(messages), session, ctx, state=state)
+            outcome = await _run_level(agent, new, session, ctx, marker, state=state)
         if outcome.status == "interrupted" and outcome.interruptions:
             _announce_pause(session, outcome.interruptions)
 
@@ -239,6 +257,19 @@ def _observer(cfg: RunConfig, client: ModelClient) -> Observer | None:
     return Observer(cfg.tracing if isinstance(cfg.tracing, Tracing) else Tracing(), client)
 
 
+DELIVERED = "delivered"
+
+
+async def _undelivered(session: Session, messages: list[Item], key: str | None) -> tuple[list[Item], list[Item] | None]:
+    """The messages still to store, and the journal record stored with them (see ``RunConfig.message_key``)."""
+    if key is None or not messages:
+        return list(messages), None
+    _, journal = await load(session)
+    if any(r.get("journal") == DELIVERED and r.get("key") == key for r in journal):
+        return [], None
+    return list(messages), [{"journal": DELIVERED, "key": key}]
+
+
 def _announce_pause(session: Session, waiting: list[Interruption]) -> None:
     """Tell the person, on the ``timestep`` logger, what waits and how to answer it.
 
@@ -255,12 +286,12 @@ def _announce_pause(session: Session, waiting: list[Interruption]) -> None:
     for i in waiting:
         what = "may already have run (its process stopped)" if i.kind == "unknown_outcome" else "waits for approval"
         args = json.dumps(i.args, ensure_ascii=False, sort_keys=True)
+        subject = f"user message {args}" if i.kind == "message" else f"call {i.tool_name}({args})"
         log.warning(
-            "%s's call %s(%s) in conversation %r %s: %s\n  resume with: run_agent(agent, [], session, "
+            "%s's %s in conversation %r %s: %s\n  resume with: run_agent(agent, [], session, "
             "approvals={%r: True})  (False or a message declines; see pending_interruptions())",
             i.agent,
-            i.tool_name,
-            args,
+            subject,
             session.conversation_id,
             what,
             i.prompt.strip(),
@@ -311,10 +342,11 @@ _NOT_SENT = (
 
 @dataclass
 class LevelOutcome:
-    status: str  # "completed" | "interrupted" | "error"
+    status: str  # "completed" | "interrupted" | "blocked" | "error"
     final_output: str | None = None
     error: str | None = None
     interruptions: list[Interruption] | None = None
+    output: Any = None  # the typed final answer, with an output_type
     limit: UsageLimitExceeded | None = None  # a usage limit ends the whole run, not just this level
 
 
@@ -338,6 +370,8 @@ async def _run_level(
         "final_output": outcome.final_output,
         "usage": usage,
     }
+    if agent.output is not None and outcome.status == "completed":
+        end["output"] = outcome.output
     if outcome.interruptions:
         end["interruptions"] = [i.as_dict() for i in outcome.interruptions]
     if ctx.depth == 0:
@@ -361,35 +395,71 @@ async def _advance(
     try:
         if state is None:
             state = replay(*await load(session))
-        if state.pending:
-            paused = await _run_calls(agent, session, ctx, state, state.pending)
-            if paused:
-                if new_messages:
-                    ctx.emit({"type": "error", **head, "error": _NOT_SENT, "error_type": "ApprovalError"})
-                return LevelOutcome("interrupted", interruptions=paused, error=_NOT_SENT if new_messages else None)
-        elif not new_messages and state.final_output is not None:
-            return LevelOutcome("completed", final_output=state.final_output)
+        stopped = await _settle_waiting(agent, new_messages, session, ctx, head, state)
+        if stopped is not None:
+            return stopped
         if new_messages:
-            await _append(session, ctx, head, state, new_messages, journal or [])
-        for _ in range(ctx.config.max_turns):
-            reply, used = await _call_model(agent, state.messages, ctx, head, usage, state.call_ids)
-            await _append(session, ctx, head, state, [reply], [used])
-            ctx.usage.check_tokens()
-            calls = reply.get("tool_calls")
-            if not calls:
-                return LevelOutcome("completed", final_output=reply.get("content") or "")
-            pending = [PendingCall(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls]
-            paused = await _run_calls(agent, session, ctx, state, pending)
-            if paused:
-                return LevelOutcome("interrupted", interruptions=paused)
-        raise MaxTurnsExceeded(
-            f"{agent.name} did not reach an answer within max_turns={ctx.config.max_turns} model calls"
-        )
+            checked = await check_messages(agent, session, ctx, head, new_messages)
+            await _append(session, ctx, head, state, checked.messages, [*checked.journal, *(journal or [])])
+            if checked.status is not None:
+                return _stopped(checked)
+        return await _turns(agent, session, ctx, head, usage, state)
     except ApprovalError:
         raise
     except TimestepError as exc:
         ctx.emit({"type": "error", **head, "error": str(exc), "error_type": type(exc).__name__})
         return LevelOutcome("error", error=str(exc), limit=exc if isinstance(exc, UsageLimitExceeded) else None)
+
+
+async def _settle_waiting(
+    agent: Agent, new_messages: list[Item], session: Session, ctx: RunContext, head: Event, state: ConversationState
+) -> LevelOutcome | None:
+    """Answer what waits from the last run (a paused message, pending calls); an outcome if that ends the run."""
+    if state.pending_message is not None:
+        checked = await resume_message(agent, session, ctx, head, state.pending_message)
+        await _append(session, ctx, head, state, checked.messages, checked.journal)
+        return _stopped(checked) if checked.status is not None else None
+    if state.pending:
+        paused = await _run_calls(agent, session, ctx, state, state.pending)
+        if paused:
+            if new_messages:
+                ctx.emit({"type": "error", **head, "error": _NOT_SENT, "error_type": "ApprovalError"})
+            return LevelOutcome("interrupted", interruptions=paused, error=_NOT_SENT if new_messages else None)
+    elif not new_messages and state.final_output is not None:
+        return LevelOutcome("completed", final_output=state.final_output)
+    return None
+
+
+async def _turns(
+    agent: Agent, session: Session, ctx: RunContext, head: Event, usage: dict[str, int], state: ConversationState
+) -> LevelOutcome:
+    """Model call, tool calls, again, until an answer, a pause, or the turn budget runs out."""
+    retry: list[Item] = []  # a rejected answer and why, sent with the next request only
+    attempts = 0
+    for _ in range(ctx.config.max_turns):
+        reply, gate, used = await _call_model(agent, [*state.messages, *retry], ctx, head, usage, state.call_ids)
+        calls = reply.get("tool_calls")
+        if not calls or (agent.output is not None and _final_answer_call(calls)):
+            settled = await settle_answer(agent, reply, gate)
+            await _append(session, ctx, head, state, settled.messages, [*settled.journal, used])
+            ctx.usage.check_tokens()
+            if settled.status is not None:
+                return LevelOutcome(settled.status, final_output=settled.text, output=settled.output)
+            attempts += 1
+            if attempts > ctx.config.max_answer_retries:
+                raise OutputValidationError(
+                    f"{agent.name} gave no acceptable answer in {attempts} attempts: {settled.problem}"
+                )
+            retry = settled.retry
+            continue
+        retry = []
+        await _append(session, ctx, head, state, [reply], [used])
+        ctx.usage.check_tokens()
+        pending = [PendingCall(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls]
+        paused = await _run_calls(agent, session, ctx, state, pending)
+        if paused:
+            return LevelOutcome("interrupted", interruptions=paused)
+    raise MaxTurnsExceeded(f"{agent.name} did not reach an answer within max_turns={ctx.config.max_turns} model calls")
 
 
 async def _append(
@@ -473,6 +543,29 @@ async def _store_results(
 # -- the model ------------------------------------------------------------------------------------
 
 
+def _final_answer_call(calls: list[Item]) -> bool:
+    return len(calls) == 1 and calls[0]["function"]["name"] == FINAL_ANSWER_TOOL
+
+
+def _stopped(checked: Checked) -> LevelOutcome:
+    if checked.status == "interrupted":
+        assert checked.interruption is not None
+        return LevelOutcome("interrupted", interruptions=[checked.interruption])
+    return LevelOutcome(checked.status or "blocked", final_output=checked.text)
+
+
+# Endpoints (base URL, model) that refused the JSON-schema response format: they get the final-answer tool.
+_no_response_format: set[tuple[str, str]] = set()
+
+
+def _output_mode(agent: Agent, ctx: RunContext) -> str | None:
+    if agent.output is None:
+        return None
+    if agent.output_mode == "auto":
+        return "tool" if (ctx.client.base_url, agent.model) in _no_response_format else "json_schema"
+    return agent.output_mode
+
+
 def _request(agent: Agent, messages: list[Item], ctx: RunContext) -> dict[str, Any]:
     if ctx.config.history is not None:
         messages = ctx.config.history(messages)
@@ -484,6 +577,13 @@ def _request(agent: Agent, messages: list[Item], ctx: RunContext) -> dict[str, A
     body: dict[str, Any] = {"model": agent.model, "messages": messages, **agent.model_settings}
     if agent.tool_specs:
         body["tools"] = agent.tool_specs
+    mode = _output_mode(agent, ctx)
+    if mode is not None:
+        assert agent.output is not None
+        if mode == "json_schema":
+            body["response_format"] = agent.output.response_format()
+        else:
+            body["tools"] = [*agent.tool_specs, agent.output.tool_spec()]
     if ctx.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -492,30 +592,54 @@ def _request(agent: Agent, messages: list[Item], ctx: RunContext) -> dict[str, A
 
 async def _call_model(
     agent: Agent, messages: list[Item], ctx: RunContext, head: Event, usage: dict[str, int], ctx_ids: set[str]
-) -> tuple[Item, Item]:
-    """The reply, and the ``usage`` journal record to store with it."""
+) -> tuple[Item, AnswerGate, Item]:
+    """The reply, its answer gate, and the ``usage`` journal record to store with it."""
     body = _request(agent, messages, ctx)
-    ctx.usage.before_model_call()
-    fetch = _fetch(body, ctx, head)
-    message, used, _ = await (fetch if ctx.observer is None else ctx.observer.model_call(head, body, fetch))
+    gate = AnswerGate(agent, ctx.emit, head, ctx.stream)
+    try:
+        message, used = await _exchange(body, ctx, gate, head)
+    except ModelHTTPError as exc:
+        if "response_format" not in body or agent.output_mode != "auto" or exc.status_code not in (400, 422):
+            raise
+        # This endpoint does not take a JSON-schema response format: ask for the final-answer tool.
+        _no_response_format.add((ctx.client.base_url, agent.model))
+        body = _request(agent, messages, ctx)
+        message, used = await _exchange(body, ctx, gate, head)
     if used:
         for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
             usage[k] = usage.get(k, 0) + int(used.get(k) or 0)
-    return _assistant_message(message, ctx_ids), ctx.usage.add(agent.name, agent.model, used)
+    reply = _assistant_message(message, ctx_ids)
+    # Text beside tool calls is not the answer, but the person reads it: it is guarded the same.
+    if (
+        reply.get("tool_calls")
+        and reply.get("content")
+        and gate.guardrails
+        and (await gate.finish(reply["content"])).action != "proceed"
+    ):
+        reply["content"] = None
+    return reply, gate, ctx.usage.add(agent.name, agent.model, used)
+
+
+async def _exchange(body: dict[str, Any], ctx: RunContext, gate: AnswerGate, head: Event) -> tuple[dict[str, Any], Any]:
+    """One model request: counted against the run's limits, and traced when tracing is on."""
+    ctx.usage.before_model_call()
+    fetch = _fetch(body, ctx, gate)
+    message, used, _ = await (fetch if ctx.observer is None else ctx.observer.model_call(head, body, fetch))
+    return message, used
 
 
 _Fetched = tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]  # message, usage, the last choice and chunk
 
 
-async def _fetch(body: dict[str, Any], ctx: RunContext, head: Event) -> _Fetched:
+async def _fetch(body: dict[str, Any], ctx: RunContext, gate: AnswerGate) -> _Fetched:
     if ctx.stream:
-        return await _stream_reply(ctx.client, body, ctx, head)
+        return await _stream_reply(ctx.client, body, gate)
     data = await ctx.client.complete(body)
     choice = data["choices"][0]
     return choice.get("message") or {}, data.get("usage"), {"choice": choice, "chunk": data}
 
 
-async def _stream_reply(client: ModelClient, body: dict[str, Any], ctx: RunContext, head: Event) -> _Fetched:
+async def _stream_reply(client: ModelClient, body: dict[str, Any], gate: AnswerGate) -> _Fetched:
     content: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
     seen: dict[int, int] = {}
@@ -531,7 +655,7 @@ async def _stream_reply(client: ModelClient, body: dict[str, Any], ctx: RunConte
             text = delta.get("content")
             if text:
                 content.append(text)
-                ctx.emit({"type": "content_delta", **head, "delta": text, "content": text})
+                await gate.feed(text)
             for tc in delta.get("tool_calls") or ():
                 slot = calls.setdefault(_slot_index(calls, seen, tc), {"id": "", "name": "", "arguments": []})
                 slot["id"] = tc.get("id") or slot["id"]
@@ -675,6 +799,9 @@ async def pending_interruptions(agent: Agent, session: Session, config: RunConfi
                 kind=record.get("kind", "approval"),
             )
         )
+    for level, record, where in await _pending_messages(agent, session):
+        check_message_record(Seal.of(where, secret), record)
+        found.append(message_interruption(record, level))
     return found
 
 
@@ -684,8 +811,11 @@ async def _check_approvals(
     """Refuse, before anything runs, approvals that match no pending call, and messages sent while calls wait."""
     state = replay(*await load(session))
     pending = await _pending_interrupts(agent, session, 0, state)
-    if has_messages and pending:
-        ids = ", ".join(p.id for p, _ in pending)
+    messages = {str(r["call"]): (r, s) for _, r, s in await _pending_messages(agent, session, 0, state)}
+    for record, level_session in messages.values():
+        check_message_record(Seal.of(level_session, secret), record)
+    if has_messages and (pending or messages):
+        ids = ", ".join([*(p.id for p, _ in pending), *messages])
         raise ApprovalError(
             f"conversation {session.conversation_id!r} has tool calls awaiting approval ({ids}); "
             "resume it with run_agent(agent, [], session, approvals={...}) before sending a new message"
@@ -694,8 +824,10 @@ async def _check_approvals(
     where = {p.id: s for p, s in pending}
     for cid in decisions:
         p = waiting.get(cid)
+        if p is None and cid in messages:
+            continue
         if p is None:
-            known = ", ".join(waiting) or "none"
+            known = ", ".join([*waiting, *messages]) or "none"
             raise ApprovalError(f"no tool call {cid!r} is awaiting approval (awaiting: {known})")
         assert p.interrupt is not None
         if p.interrupt.get("kind") == "unknown_outcome" and decisions[cid].args is not None:
@@ -725,4 +857,20 @@ async def _pending_interrupts(
         target = agent.get_handoff(p.name)
         if target is not None and p.started and depth < 64:
             found += await _pending_interrupts(target, delegate_session(agent, target, session), depth + 1)
+    return found
+
+
+async def _pending_messages(
+    agent: Agent, session: Session, depth: int = 0, state: ConversationState | None = None
+) -> list[tuple[Agent, Item, Session]]:
+    """User messages waiting for a person (a message guardrail asked), here and in delegates below."""
+    if state is None:
+        state = replay(*await load(session))
+    found: list[tuple[Agent, Item, Session]] = []
+    if state.pending_message is not None:
+        found.append((agent, state.pending_message, session))
+    for p in state.pending:
+        target = agent.get_handoff(p.name)
+        if target is not None and p.started and depth < 64:
+            found += await _pending_messages(target, delegate_session(agent, target, session), depth + 1)
     return found

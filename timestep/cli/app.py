@@ -164,6 +164,12 @@ def _conversation_options(fn: F) -> F:
             click.option(
                 "--offline", is_flag=True, help="Use the built-in scripted model (no key, no network) instead."
             ),
+            click.option(
+                "--mcp",
+                multiple=True,
+                metavar="SPEC",
+                help="Also give the agent the tools of an MCP server: a command to start or a URL (repeatable).",
+            ),
         ]
     ):
         fn = option(fn)
@@ -214,7 +220,8 @@ def run_command(agent: str, prompt: str | None, **options: Any) -> int:
 
     The prompt is the argument, or stdin when there is none (with both, stdin comes after the
     argument). A call that needs approval is asked on the terminal; without one the run pauses,
-    says how to resume, and exits with status 3. Exit status: 0 completed, 1 failed, 3 paused.
+    says how to resume, and exits with status 3. Exit status: 0 completed, 1 failed, 3 paused,
+    4 blocked by a message or answer guardrail.
 
     \b
     Examples:
@@ -344,3 +351,8 @@ def sessions_rm(conversation: str, agent: str | None, store: str, yes: bool) -> 
     from .conversations import remove_conversation
 
     remove_conversation(store, conversation, agent, yes)
+
+
+from .worker import worker  # noqa: E402  (a command of its own module, registered here)
+
+cli.add_command(worker)

@@ -4,7 +4,8 @@ stdout carries the final answer and nothing else, so ``timestep run ... > answer
 ``$(timestep run ...)`` get just that; what happens on the way (tool calls, handoffs, guardrails,
 questions) goes to stderr, in the same lines ``chat`` shows. The exit status says how the run
 ended: 0 completed, 1 failed, 3 paused for an approval nobody could give here (no terminal on
-stdin), in which case stderr says how to resume it with ``timestep chat``.
+stdin), in which case stderr says how to resume it with ``timestep chat``, 4 blocked by a message
+or answer guardrail (the refusal is on stdout).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .terminal import Terminal
 from .threads import ToolThreads
 
 PAUSED = 3
+BLOCKED = 4  # a message or answer guardrail blocked: the refusal is on stdout
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -82,7 +84,7 @@ def run_once(spec: str, prompt: str | None, options: ChatOptions) -> int:
                 return PAUSED
             if result.final_output:
                 click.echo(result.final_output)
-            return 0
+            return BLOCKED if result.status == "blocked" else 0
         finally:
             if client is not None:
                 runner.run(client.aclose())

@@ -240,6 +240,21 @@ class Renderer:
         self._line(int(e.get("depth", 0)) + 2, text, "bold red")
         self.wait()
 
+    def _on_guardrail(self, e: Event) -> None:
+        """A message or answer guardrail acted (a block, a redaction, a retry)."""
+        what = "message" if e.get("stage") == "message" else "answer"
+        action = {"block": "blocked", "replace": "rewritten", "retry": "sent back for another try"}.get(
+            str(e.get("action")), str(e.get("action"))
+        )
+        reason = f": {e.get('reason')}" if e.get("reason") else ""
+        style = "bold red" if e.get("action") == "block" else "yellow"
+        self._end_line()
+        self._line(
+            int(e.get("depth", 0)) + 2,
+            f"{self.marks.blocked} {what} {action} by guardrail {e.get('guardrail')}{reason}",
+            style,
+        )
+
     def _on_interrupt(self, e: Event) -> None:
         call = call_text(str(e.get("name", "")), e.get("arguments"), more=self.marks.more)
         text = f"{self.marks.pause} {call} waits for approval"

@@ -43,6 +43,7 @@ class ChatOptions:
     base_url: str | None = None
     api_key: str | None = None
     base_url_from_env: bool = False  # OPENAI_BASE_URL: the hint need not repeat it
+    mcp: tuple[str, ...] = ()  # MCP servers whose tools the agent also gets
 
     def resume_command(self, spec: str, conversation_id: str) -> str:
         """``timestep chat SPEC --conversation ID`` plus whatever else this invocation relied on.
@@ -60,6 +61,8 @@ class ChatOptions:
             words += ["--base-url", self.base_url]
         if self.system is not None:
             words += ["--system", self.system]
+        for server in self.mcp:
+            words += ["--mcp", server]
         return shlex.join(words)
 
 
@@ -74,6 +77,14 @@ def prepare_agent(agent: Agent, options: ChatOptions) -> Agent:
         agent = with_model(agent, options.model)
     if options.system is not None:
         agent = dataclasses.replace(agent, instructions=options.system)
+    if options.mcp:
+        try:
+            from ..mcp import mcp_server
+        except ImportError as exc:
+            raise click.ClickException(
+                f"--mcp needs the MCP SDK ({exc.name} is missing): pip install -e '.[mcp]' in a Timestep checkout"
+            ) from None
+        agent = dataclasses.replace(agent, tools=[*agent.tools, *(mcp_server(spec) for spec in options.mcp)])
     return agent
 
 

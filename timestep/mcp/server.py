@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shlex
 import sys
 import weakref
@@ -282,7 +283,7 @@ class MCPServerStdio(MCPServer):
         self.errlog = errlog
 
     def _transport(self) -> contextlib.AbstractAsyncContextManager[Streams]:
-        return stdio_client(self.params, errlog=self.errlog or sys.stderr)
+        return stdio_client(self.params, errlog=self.errlog or _stderr())
 
 
 class MCPServerHTTP(MCPServer):
@@ -305,6 +306,25 @@ class MCPServerHTTP(MCPServer):
             streamable_http_client(self.url, http_client=http) as streams,
         ):
             yield streams
+
+
+def _stderr() -> TextIO:
+    """This process's stderr for the server's own messages, when it is a real file; else nowhere.
+
+    A subprocess can only write to a file descriptor: a replaced ``sys.stderr`` (a test runner's
+    buffer, a notebook) has none, and the server must still start.
+    """
+    global _devnull
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        if _devnull is None:
+            _devnull = open(os.devnull, "w")  # noqa: SIM115  # one for the process, shared by every server
+        return _devnull
+    return sys.stderr
+
+
+_devnull: TextIO | None = None
 
 
 def mcp_server(spec: str, **options: Any) -> MCPServer:

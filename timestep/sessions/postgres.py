@@ -62,6 +62,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..exceptions import ConfigurationError, SessionError, SessionUnavailableError
 from .base import ConversationInfo, Item, check_names, system_item
+from .cache import Snapshot, answer, refreshed
 from .sqlite import LEASE_TTL_SECONDS, check_ttl, decode_item, encode_items, hold_lease
 
 T = TypeVar("T")
@@ -109,6 +110,12 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
             )""",
         ),
     ),
+    (
+        "0003_generation",
+        # Bumped by every pop and clear: what tells a session's read cache that the conversation did
+        # more than grow (see sessions/cache.py). Row ids are never reused, so it may start at 0.
+        ("ALTER TABLE {p}conversations ADD COLUMN IF NOT EXISTS generation bigint NOT NULL DEFAULT 0",),
+    ),
 ]
 
 
@@ -152,9 +159,9 @@ def _sql(p: str) -> dict[str, str]:
         # take the next numbers, and insert the batch, led by the system message if the
         # conversation is empty and the session has one. No row means no conversation yet.
         "append": (
-            f"WITH locked AS MATERIALIZED (SELECT id, next_seq, item_count FROM {p}conversations "
+            f"WITH locked AS MATERIALIZED (SELECT id, next_seq, item_count, generation FROM {p}conversations "
             "WHERE agent_name = $1 AND conversation_id = $2 FOR UPDATE), "
-            "plan AS MATERIALIZED (SELECT id, next_seq, "
+            "plan AS MATERIALIZED (SELECT id, next_seq, item_count, generation, "
             "(item_count = 0 AND $5::text IS NOT NULL)::int AS seed FROM locked), "
             f"bumped AS (UPDATE {p}conversations c SET next_seq = plan.next_seq + plan.seed + $6::bigint, "
             "item_count = c.item_count + plan.seed + $6::bigint, updated_at = now() FROM plan WHERE c.id = plan.id), "
@@ -162,23 +169,23 @@ def _sql(p: str) -> dict[str, str]:
             "SELECT plan.id, plan.next_seq + plan.seed + t.n - 1, t.role, t.data "
             "FROM plan, unnest($3::text[], $4::text[]) WITH ORDINALITY AS t (data, role, n) "
             "UNION ALL SELECT plan.id, plan.next_seq, 'system', $5::text FROM plan WHERE plan.seed = 1) "
-            "SELECT id FROM plan"
+            "SELECT id, next_seq, item_count, generation, seed FROM plan"
         ),
         "create": (
             f"INSERT INTO {p}conversations (agent_name, conversation_id) VALUES ($1, $2) "
             "ON CONFLICT (agent_name, conversation_id) DO NOTHING"
         ),
-        "read_all": (
-            f"SELECT i.seq, i.data FROM {p}items i JOIN {p}conversations c ON c.id = i.conversation "
-            "WHERE c.agent_name = $1 AND c.conversation_id = $2 AND i.role IS NOT NULL ORDER BY i.seq"
-        ),
         "read_latest": (
             f"SELECT i.seq, i.data FROM {p}items i JOIN {p}conversations c ON c.id = i.conversation "
             "WHERE c.agent_name = $1 AND c.conversation_id = $2 AND i.role IS NOT NULL ORDER BY i.seq DESC LIMIT $3"
         ),
-        "read_journal": (
-            f"SELECT i.seq, i.data FROM {p}items i JOIN {p}conversations c ON c.id = i.conversation "
-            "WHERE c.agent_name = $1 AND c.conversation_id = $2 AND i.role IS NULL ORDER BY i.seq"
+        # The cache's check and the rows it lacks in one statement (see sessions/cache.py): past the
+        # cached position while the row and its generation are the cached ones, else all of them.
+        "read_since": (
+            f"SELECT c.id, c.generation, c.next_seq, i.seq, i.data FROM {p}conversations c LEFT JOIN {p}items i "
+            "ON i.conversation = c.id "
+            "AND i.seq >= (CASE WHEN c.id = $3 AND c.generation = $4 THEN $5::bigint ELSE 0 END) "
+            "WHERE c.agent_name = $1 AND c.conversation_id = $2 ORDER BY i.seq"
         ),
         "lock": f"SELECT id FROM {p}conversations WHERE agent_name = $1 AND conversation_id = $2 FOR UPDATE",
         # The latest message that is not the system message (the first item, when it is one).
@@ -190,13 +197,13 @@ def _sql(p: str) -> dict[str, str]:
         "first": f"SELECT seq, role FROM {p}items WHERE conversation = $1 ORDER BY seq LIMIT 1",
         "delete_after": (
             f"WITH gone AS (DELETE FROM {p}items WHERE conversation = $1 AND seq > $2 RETURNING 1) "
-            f"UPDATE {p}conversations SET item_count = item_count - (SELECT count(*) FROM gone), updated_at = now() "
-            "WHERE id = $1"
+            f"UPDATE {p}conversations SET item_count = item_count - (SELECT count(*) FROM gone), updated_at = now(), "
+            "generation = generation + 1 WHERE id = $1"
         ),
         "delete_from": (
             f"WITH gone AS (DELETE FROM {p}items WHERE conversation = $1 AND seq >= $2 RETURNING 1) "
-            f"UPDATE {p}conversations SET item_count = item_count - (SELECT count(*) FROM gone), updated_at = now() "
-            "WHERE id = $1"
+            f"UPDATE {p}conversations SET item_count = item_count - (SELECT count(*) FROM gone), updated_at = now(), "
+            "generation = generation + 1 WHERE id = $1"
         ),
         "delete_conversation": (
             f"DELETE FROM {p}conversations WHERE agent_name = $1 AND conversation_id = $2 RETURNING id"
@@ -239,10 +246,20 @@ def _forget_dead() -> None:
 
 async def _create_pool(url: str) -> tuple[Any, AsyncGenerator[None, None]]:
     asyncpg = _asyncpg()
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=10, timeout=_CONNECT_TIMEOUT)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=10, timeout=_CONNECT_TIMEOUT, reset=_keep_session)
     closer = _close_at_shutdown(pool)
     await closer.__anext__()
     return pool, closer
+
+
+async def _keep_session(conn: Any) -> None:
+    """Hand a connection back to the shared pool as it is.
+
+    asyncpg's default reset (``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL``, advisory unlocks) is one
+    more round trip per statement, and measured it doubled the cost of an append. None of it is
+    needed: this pool runs only this module's statements, which set no session state (the schema's
+    advisory lock is a transaction's), and asyncpg itself still rolls back a transaction left open.
+    """
 
 
 async def _close_at_shutdown(pool: Any) -> AsyncGenerator[None, None]:
@@ -357,6 +374,7 @@ class PostgresSession:
         self.pool = pool
         self.table_prefix = _check_prefix(table_prefix)
         self.lease_ttl = check_ttl(lease_ttl)
+        self._cache: Snapshot | None = None
 
     def __repr__(self) -> str:
         where = redact(self.url) if self.url is not None else "pool"
@@ -365,6 +383,8 @@ class PostgresSession:
 
     @property
     def _where(self) -> str:
+        # Named in every append (for its error message): parsing the URL each time cost more than
+        # the rest of the append's own work in Python, so it is parsed once per URL and prefix.
         return describe_store(self.url, self.table_prefix)
 
     @property
@@ -417,28 +437,45 @@ class PostgresSession:
     async def get_items(self, limit: int | None = None) -> list[Item]:
         if limit is not None and limit <= 0:
             return []
+        if limit is None or self._cache is not None:
+            messages = (await self.get_items_and_journal())[0]
+            return messages if limit is None else messages[-limit:]
         sql = _sql(self.table_prefix)
 
         async def read(conn: Any) -> list[Any]:
-            if limit is None:
-                return list(await conn.fetch(sql["read_all"], self.agent_name, self.conversation_id))
+            # The latest few of a conversation this session has not read: a short walk back, no cache.
             return list(reversed(await conn.fetch(sql["read_latest"], self.agent_name, self.conversation_id, limit)))
 
         rows = await self._run(read)
         if not rows:
             sys_item = system_item(self.agent_instructions)
             return [sys_item] if sys_item else []
-        if sum(len(r[1]) for r in rows) > _DECODE_INLINE_LIMIT:
-            return await asyncio.to_thread(self._decode, rows)
-        return self._decode(rows)
+        return await self._decoded(rows)
 
     async def get_journal(self) -> list[Item]:
+        return (await self.get_items_and_journal())[1]
+
+    async def get_items_and_journal(self) -> tuple[list[Item], list[Item]]:
+        """``get_items()`` and ``get_journal()`` from one statement, fetching only what this session lacks."""
         sql = _sql(self.table_prefix)
+        cached = self._cache
+        position = (cached.conv, cached.generation, cached.next_seq) if cached else (0, 0, 0)
 
         async def read(conn: Any) -> list[Any]:
-            return list(await conn.fetch(sql["read_journal"], self.agent_name, self.conversation_id))
+            return list(await conn.fetch(sql["read_since"], self.agent_name, self.conversation_id, *position))
 
         rows = await self._run(read)
+        head = (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+        found = [(r[3], r[4]) for r in rows if r[3] is not None]
+        items = await self._decoded(found)
+        # Other tasks of this session may have changed the cache while this read was out.
+        self._cache, snapshot = refreshed(
+            cached, self._cache, head, list(zip((seq for seq, _ in found), items, strict=True))
+        )
+        return answer(snapshot, system_item(self.agent_instructions))
+
+    async def _decoded(self, rows: list[Any]) -> list[Item]:
+        """Rows decoded, off the event loop when they are many."""
         if sum(len(r[1]) for r in rows) > _DECODE_INLINE_LIMIT:
             return await asyncio.to_thread(self._decode, rows)
         return self._decode(rows)
@@ -455,7 +492,7 @@ class PostgresSession:
         system = None if sys_item is None else encode_items([sys_item], self._where)[0][1]
         sql = _sql(self.table_prefix)
 
-        async def append(conn: Any) -> None:
+        async def append(conn: Any) -> Any:
             args = (
                 self.agent_name,
                 self.conversation_id,
@@ -464,14 +501,27 @@ class PostgresSession:
                 system,
                 len(rows),
             )
-            if await conn.fetchval(sql["append"], *args) is None:
+            plan = await conn.fetchrow(sql["append"], *args)
+            if plan is None:
                 await conn.execute(sql["create"], self.agent_name, self.conversation_id)
-                await conn.fetchval(sql["append"], *args)
+                plan = await conn.fetchrow(sql["append"], *args)
+            return plan
 
-        await self._run(append)
+        plan = await self._run(append)
+        # Committed: if the cache stood exactly where this append began, it holds the new items too.
+        conv, first, generation = plan["id"], plan["next_seq"], plan["generation"]
+        cached = self._cache
+        if cached is None and plan["item_count"] == 0:
+            cached = Snapshot(conv, generation, first)
+        if cached is not None and cached.covers(conv, generation) and cached.next_seq == first:
+            written = [(first + n, data) for n, data in enumerate([system] * plan["seed"] + [d for _, d in rows])]
+            cached.add(zip(range(first, first + len(written)), self._decode(written), strict=True))
+            self._cache = cached
 
     async def pop_item(self) -> Item | None:
         sql = _sql(self.table_prefix)
+
+        self._cache = None  # removing items: the next read fetches the conversation whole
 
         async def pop(conn: Any) -> Item | None:
             async with conn.transaction():
@@ -489,6 +539,8 @@ class PostgresSession:
     async def clear_session(self) -> None:
         sql = _sql(self.table_prefix)
 
+        self._cache = None
+
         async def clear(conn: Any) -> None:
             async with conn.transaction():
                 conv = await conn.fetchval(sql["lock"], self.agent_name, self.conversation_id)
@@ -503,6 +555,8 @@ class PostgresSession:
     async def delete_conversation(self) -> bool:
         """Remove the conversation completely (system message included); False if it was not stored."""
         sql = _sql(self.table_prefix)
+
+        self._cache = None
 
         async def delete(conn: Any) -> bool:
             return await conn.fetchval(sql["delete_conversation"], self.agent_name, self.conversation_id) is not None
@@ -562,6 +616,7 @@ class PostgresSession:
                 await task.result()[1].aclose()
 
 
+@lru_cache(maxsize=64)
 def describe_store(url: str | None, table_prefix: str) -> str:
     where = redact(url) if url is not None else "(a given pool)"
     return f"PostgreSQL store {where} (tables {table_prefix}*)"

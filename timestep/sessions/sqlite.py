@@ -37,6 +37,11 @@ Why it is built the way it is:
   not appear in listings. A waiter reads the row without the write lock and takes ``BEGIN
   IMMEDIATE`` only when the lease looks free, so polling never holds up other conversations' appends.
 
+**A read cache per session.** Each session object keeps what it has read, and a read fetches
+only the rows past it, in one statement that also checks the conversation's ``generation`` (changed
+by every pop and clear): see :mod:`timestep.sessions.cache`. ``get_items_and_journal()`` gives both
+lists from one read, which is what a run needs when it starts.
+
 Item semantics match :class:`~timestep.sessions.file.FileSession`: the system message built from
 ``agent_instructions`` is written with the conversation's first items (and reported before then),
 ``pop_item`` and ``clear_session`` never remove it, and every item comes back exactly as stored.
@@ -72,6 +77,7 @@ from ..exceptions import (
     SessionUnavailableError,
 )
 from .base import ConversationInfo, Item, check_names, storable, system_item
+from .cache import Snapshot, answer, refreshed
 
 T = TypeVar("T")
 
@@ -115,6 +121,12 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
                 PRIMARY KEY (agent_name, conversation_id)
             ) WITHOUT ROWID""",
         ),
+    ),
+    (
+        "0003_generation",
+        # Changed by every pop and clear, random when a row is made: what tells a session's read
+        # cache that the conversation did more than grow (see sessions/cache.py).
+        ("ALTER TABLE conversations ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",),
     ),
 ]
 
@@ -436,6 +448,13 @@ def _conversation_row(conn: sqlite3.Connection, agent_name: str, conversation_id
     return None if row is None else int(row[0])
 
 
+def _removed(conn: sqlite3.Connection, conv: int) -> None:
+    """Items were removed: a new generation tells every session's read cache to read the conversation anew."""
+    conn.execute(
+        "UPDATE conversations SET updated_at = ?, generation = ? WHERE id = ?", (_now(), secrets.randbits(62), conv)
+    )
+
+
 def _first_is_system(conn: sqlite3.Connection, conv: int) -> tuple[int, bool] | None:
     """(seq, is the system message) of a conversation's first item, or None if it has none."""
     row = conn.execute("SELECT seq, role FROM items WHERE conversation = ? ORDER BY seq LIMIT 1", (conv,)).fetchone()
@@ -461,6 +480,7 @@ class SQLiteSession:
         self.db_path = Path(db_path)
         self.lease_ttl = check_ttl(lease_ttl)
         self._path = self.db_path.expanduser().resolve()
+        self._cache: Snapshot | None = None  # touched only on the database's worker thread
 
     def __repr__(self) -> str:
         return f"SQLiteSession({self.agent_name!r}, {self.conversation_id!r}, db_path={str(self.db_path)!r})"
@@ -504,7 +524,11 @@ class SQLiteSession:
         return await self._run(lambda conn: self._read(conn, limit))
 
     async def get_journal(self) -> list[Item]:
-        return await self._run(self._read_journal)
+        return await self._run(lambda conn: self._read_both(conn)[1])
+
+    async def get_items_and_journal(self) -> tuple[list[Item], list[Item]]:
+        """``get_items()`` and ``get_journal()`` from one read of the database."""
+        return await self._run(self._read_both)
 
     async def add_items(self, items: list[Item]) -> None:
         if not items:
@@ -512,14 +536,19 @@ class SQLiteSession:
         await self._run(lambda conn: self._append(conn, items))
 
     async def pop_item(self) -> Item | None:
-        return await self._run(lambda conn: write(conn, self._pop))
+        return await self._run(lambda conn: self._forgetting(write(conn, self._pop)))
 
     async def clear_session(self) -> None:
-        await self._run(lambda conn: write(conn, self._clear))
+        await self._run(lambda conn: self._forgetting(write(conn, self._clear)))
 
     async def delete_conversation(self) -> bool:
         """Remove the conversation completely (system message included); False if it was not stored."""
-        return await self._run(lambda conn: write(conn, self._delete))
+        return await self._run(lambda conn: self._forgetting(write(conn, self._delete)))
+
+    def _forgetting(self, result: T) -> T:
+        """After this session removed items: drop its cache (the next read fetches the conversation whole)."""
+        self._cache = None
+        return result
 
     async def close(self) -> None:
         """Close this process's connection to the database file, and its thread.
@@ -588,47 +617,69 @@ class SQLiteSession:
         )
 
     def _read(self, conn: sqlite3.Connection, limit: int | None) -> list[Item]:
+        if limit is None or self._cache is not None:
+            messages = self._read_both(conn)[0]
+            return messages if limit is None else messages[-limit:]
         query = (
             "SELECT seq, data FROM items WHERE conversation ="
             " (SELECT id FROM conversations WHERE agent_name = ? AND conversation_id = ?) AND role IS NOT NULL"
         )
         params: tuple[Any, ...] = (self.agent_name, self.conversation_id)
-        if limit is None:
-            rows = conn.execute(query + " ORDER BY seq", params).fetchall()
-        else:
-            rows = conn.execute(query + " ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
-            rows.reverse()
+        # The latest few of a conversation this session has not read: a short walk back, no cache.
+        rows = conn.execute(query + " ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
+        rows.reverse()
         if not rows:
             sys_item = system_item(self.agent_instructions)
             return [sys_item] if sys_item else []
         where, conversation = self._where, self._conversation
         return [decode_item(data, seq, where, conversation) for seq, data in rows]
 
-    def _read_journal(self, conn: sqlite3.Connection) -> list[Item]:
+    def _read_both(self, conn: sqlite3.Connection) -> tuple[list[Item], list[Item]]:
+        """Messages and journal, bringing the cache up to date with one statement (see sessions/cache.py)."""
+        cached = self._cache
+        conv, generation, start = (cached.conv, cached.generation, cached.next_seq) if cached else (0, 0, 0)
         rows = conn.execute(
-            "SELECT seq, data FROM items WHERE conversation ="
-            " (SELECT id FROM conversations WHERE agent_name = ? AND conversation_id = ?) AND role IS NULL"
-            " ORDER BY seq",
-            (self.agent_name, self.conversation_id),
+            "SELECT c.id, c.generation, i.seq, i.data FROM conversations c LEFT JOIN items i"
+            " ON i.conversation = c.id AND i.seq >= (CASE WHEN c.id = ? AND c.generation = ? THEN ? ELSE 0 END)"
+            " WHERE c.agent_name = ? AND c.conversation_id = ? ORDER BY i.seq",
+            (conv, generation, start, self.agent_name, self.conversation_id),
         ).fetchall()
+        head = (int(rows[0][0]), int(rows[0][1]), 0) if rows else None
         where, conversation = self._where, self._conversation
-        return [decode_item(data, seq, where, conversation) for seq, data in rows]
+        found = [(seq, decode_item(data, seq, where, conversation)) for _, _, seq, data in rows if seq is not None]
+        self._cache, snapshot = refreshed(cached, cached, head, found)
+        return answer(snapshot, system_item(self.agent_instructions))
 
     def _append(self, conn: sqlite3.Connection, items: list[Item]) -> None:
         rows = encode_items(items, f"{self._where}, conversation {self._conversation}")  # before taking the lock
-        write(conn, lambda c: self._insert(c, rows))
+        conv, generation, last = write(conn, lambda c: self._insert(c, rows))
+        # Committed: if the cache stood exactly where this append began, it holds the new items too.
+        cached = self._cache
+        if cached is None and last == 0:
+            cached = Snapshot(conv, generation, 1)
+        if cached is not None and cached.covers(conv, generation) and cached.next_seq == last + 1:
+            cached.add((last + n, json.loads(data)) for n, (_, data) in enumerate(rows, start=1))
+            self._cache = cached
 
-    def _insert(self, conn: sqlite3.Connection, rows: list[tuple[str | None, str]]) -> None:
+    def _insert(self, conn: sqlite3.Connection, rows: list[tuple[str | None, str]]) -> tuple[int, int, int]:
+        """Insert ``rows`` (led by the system message in an empty conversation, added to ``rows``);
+        the conversation's row id, its generation and the ``seq`` before the first row inserted."""
         now = _now()
-        conv = _conversation_row(conn, self.agent_name, self.conversation_id)
-        if conv is None:
+        row = conn.execute(
+            "SELECT id, generation FROM conversations WHERE agent_name = ? AND conversation_id = ?",
+            (self.agent_name, self.conversation_id),
+        ).fetchone()
+        if row is None:
+            generation = secrets.randbits(62)  # not 0: a deleted conversation's id may come back
             cur = conn.execute(
-                "INSERT INTO conversations (agent_name, conversation_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                (self.agent_name, self.conversation_id, now, now),
+                "INSERT INTO conversations (agent_name, conversation_id, created_at, updated_at, generation)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (self.agent_name, self.conversation_id, now, now, generation),
             )
             conv = int(cur.lastrowid or 0)
             last = None
         else:
+            conv, generation = int(row[0]), int(row[1])
             conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conv))
             last = conn.execute("SELECT max(seq) FROM items WHERE conversation = ?", (conv,)).fetchone()[0]
         if last is None:
@@ -640,6 +691,7 @@ class SQLiteSession:
             "INSERT INTO items (conversation, seq, role, data) VALUES (?, ?, ?, ?)",
             [(conv, last + n, role, data) for n, (role, data) in enumerate(rows, start=1)],
         )
+        return conv, generation, int(last)
 
     def _pop(self, conn: sqlite3.Connection) -> Item | None:
         conv = _conversation_row(conn, self.agent_name, self.conversation_id)
@@ -658,7 +710,7 @@ class SQLiteSession:
         item = decode_item(data, seq, self._where, self._conversation)
         # The message and the journal records written after it.
         conn.execute("DELETE FROM items WHERE conversation = ? AND seq >= ?", (conv, seq))
-        conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (_now(), conv))
+        _removed(conn, conv)
         return item
 
     def _clear(self, conn: sqlite3.Connection) -> None:
@@ -668,7 +720,7 @@ class SQLiteSession:
             return
         keep_through = first[0] if first[1] else first[0] - 1
         conn.execute("DELETE FROM items WHERE conversation = ? AND seq > ?", (conv, keep_through))
-        conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (_now(), conv))
+        _removed(conn, conv)
 
     def _delete(self, conn: sqlite3.Connection) -> bool:
         conv = _conversation_row(conn, self.agent_name, self.conversation_id)
