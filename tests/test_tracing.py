@@ -27,6 +27,7 @@ from timestep import (
     GuardrailInterrupt,
     GuardrailResult,
     InputGuardrail,
+    MessageGuardrail,
     ModelClient,
     RunConfig,
     run_agent,
@@ -328,3 +329,47 @@ def test_the_tracing_benchmark_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     for mode in ("off", "on, no-op provider", "on, SDK in memory"):
         assert f"tracing {mode}: " in proc.stdout
+
+
+def no_passwords(text: str) -> GuardrailResult | None:
+    if "password" in text.lower():
+        return GuardrailResult.block("no passwords")
+    if "transfer" in text.lower():
+        raise GuardrailInterrupt("Send this message?")
+    return None
+
+
+async def test_message_guardrails_are_events_on_the_agent_span(
+    server: TestServer, client: ModelClient, store: Path, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    guarded = Agent(name="Guarded", model="m", guardrails=[MessageGuardrail(no_passwords)])
+    blocked = await run_agent(
+        guarded,
+        [{"role": "user", "content": "my password is x"}],
+        FileSession("Guarded", "b", None, store),
+        client=client,
+        config=config(provider),
+    )
+    assert blocked["status"] == "blocked"
+    (span,) = exporter.get_finished_spans()  # no model call, no tool call
+    (event,) = span.events
+    assert event.name == "timestep.guardrail.blocked"
+    assert dict(event.attributes or {}) == {
+        "timestep.guardrail.name": "no_passwords",
+        "timestep.guardrail.stage": "message",
+        "timestep.guardrail.reason": "no passwords",
+    }
+    exporter.clear()
+
+    paused = await run_agent(
+        guarded,
+        [{"role": "user", "content": "transfer 5"}],
+        FileSession("Guarded", "p", None, store),
+        client=client,
+        config=config(provider),
+    )
+    assert paused["status"] == "interrupted"
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "invoke_agent Guarded"
+    assert [e.name for e in span.events] == ["timestep.approval.requested"]
+    assert (span.events[0].attributes or {})["timestep.approval.kind"] == "message"

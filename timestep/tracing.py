@@ -43,6 +43,7 @@ from opentelemetry.semconv.attributes import error_attributes, server_attributes
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .approvals import fingerprint
+from .conversation import MESSAGE_TOOL
 
 if TYPE_CHECKING:
     from .model import ModelClient
@@ -95,6 +96,7 @@ class Observer:
             "interrupt": self._interrupt,
             "approval": self._approval,
             "handoff_start": self._handoff_start,
+            "guardrail": self._conversation_guardrail,
         }
 
     def watch(self, emit: Callable[[Event], None]) -> Callable[[Event], None]:
@@ -268,7 +270,8 @@ class Observer:
         )
 
     def _interrupt(self, event: Event) -> None:
-        span = self._tool(event)
+        span = self._agents.get((event["depth"], event["agent"])) if event.get("kind") == "message" else None
+        span = span or self._tool(event)  # a user message a guardrail asked about belongs to the agent's span
         unknown = event.get("kind") == "unknown_outcome"
         attributes = {
             "timestep.approval.kind": str(event.get("kind")),
@@ -278,6 +281,21 @@ class Observer:
             attributes["timestep.approval.prompt"] = str(event.get("prompt") or "")
         span.add_event("timestep.tool.unknown_outcome" if unknown else "timestep.approval.requested", attributes)
         self._end_tool(event, "paused")
+
+    def _conversation_guardrail(self, event: Event) -> None:
+        """A message or answer guardrail's verdict, on the agent's span: no tool call is involved."""
+        span = self._agents.get((event["depth"], event["agent"]))
+        if span is None:
+            return
+        action = str(event.get("action"))
+        attributes = {
+            "timestep.guardrail.name": str(event.get("guardrail")),
+            "timestep.guardrail.stage": str(event.get("stage")),
+        }
+        if event.get("reason"):
+            attributes["timestep.guardrail.reason"] = str(event["reason"])
+        names = {"block": "timestep.guardrail.blocked", "replace": "timestep.guardrail.modified"}
+        span.add_event(names.get(action, f"timestep.guardrail.{action}"), attributes)
 
     def _approval(self, event: Event) -> None:
         edited = event.get("edited_arguments")
@@ -291,7 +309,8 @@ class Observer:
             attributes["timestep.tool.edited_args_fingerprint"] = fingerprint(event["name"], edited)
         if self._content and event.get("message"):
             attributes["timestep.approval.message"] = str(event["message"])
-        self._tool(event).add_event("timestep.approval.decision", attributes)
+        span = self._agents.get((event["depth"], event["agent"])) if event["name"] == MESSAGE_TOOL else None
+        (span or self._tool(event)).add_event("timestep.approval.decision", attributes)
 
     # -- helpers --------------------------------------------------------------------------------
 
