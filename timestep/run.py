@@ -441,7 +441,7 @@ async def _turns(
         calls = reply.get("tool_calls")
         if not calls or (agent.output is not None and _final_answer_call(calls)):
             settled = await settle_answer(agent, reply, gate)
-            await _append(session, ctx, head, state, settled.messages, [*settled.journal, used])
+            await _append(session, ctx, head, state, settled.messages, [used, *settled.journal])
             ctx.usage.check_tokens()
             if settled.status is not None:
                 return LevelOutcome(settled.status, final_output=settled.text, output=settled.output)
