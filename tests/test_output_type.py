@@ -58,7 +58,7 @@ async def test_an_invalid_answer_goes_back_with_the_error_and_is_not_stored(
     messages, journal = await load(session(store))
     assert [m["role"] for m in messages] == ["system", "user", "assistant"]
     assert "warm" not in json.dumps(messages)
-    assert [r["journal"] for r in journal] == ["answer_invalid"]
+    assert [r["journal"] for r in journal if r["journal"] != "usage"] == ["answer_invalid"]
 
 
 async def test_answers_that_never_validate_end_in_a_clear_error(

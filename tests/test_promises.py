@@ -385,7 +385,9 @@ async def test_the_result_reports_the_summed_usage(server: TestServer, client: M
     call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"city": "Lima"}'}}
     server.script(_completion({"content": None, "tool_calls": [call]}, 7, 1), _completion({"content": "ok"}, 9, 2))
     result = await run_agent(agent, PAY, FileSession("W", "usage", None, store), client=client)
-    assert result["usage"] == {"prompt_tokens": 16, "completion_tokens": 3, "total_tokens": 19}
+    tokens = {"prompt_tokens": 16, "completion_tokens": 3, "total_tokens": 19}
+    assert {k: result["usage"][k] for k in tokens} == tokens
+    assert result["usage"]["by_model"] == {"m": {**tokens, "model_calls": 2}}
 
 
 async def test_model_settings_are_sent_with_every_request(server: TestServer, client: ModelClient, store: Path) -> None:

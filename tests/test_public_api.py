@@ -23,6 +23,7 @@ EXPECTED = [
     "OutputGuardrail",
     "OutputValidationError",
     "PostgresSession",
+    "Price",
     "RunConfig",
     "RunHandle",
     "SQLiteSession",
@@ -36,6 +37,8 @@ EXPECTED = [
     "TimestepError",
     "Tool",
     "ToolContext",
+    "UsageLimitExceeded",
+    "UsageLimits",
     "default_result_processor",
     "last_messages",
     "open_store",
@@ -54,6 +57,6 @@ def test_public_names() -> None:
 
 
 def test_errors_share_one_root() -> None:
-    errors = [getattr(timestep, n) for n in EXPECTED if n.endswith("Error") or n == "MaxTurnsExceeded"]
-    assert len(errors) == 14 and all(issubclass(e, timestep.TimestepError) for e in errors)
+    errors = [getattr(timestep, n) for n in EXPECTED if n.endswith("Error") or n.endswith("Exceeded")]
+    assert len(errors) == 15 and all(issubclass(e, timestep.TimestepError) for e in errors)
     assert not issubclass(timestep.GuardrailInterrupt, timestep.TimestepError)  # a signal, not an error

@@ -40,8 +40,11 @@ def ask(text: str) -> list[dict[str, Any]]:
 
 
 def shape(items: list[dict[str, Any]]) -> list[str]:
-    """Each item's role, or its journal kind: the skeleton of a stored conversation."""
-    return [item.get("role") or f"journal:{item.get('journal')}" for item in items]
+    """Each item's role, or its journal kind: the skeleton of a stored conversation.
+
+    ``usage`` records (one per model reply, see tests/test_usage.py) are left out.
+    """
+    return [item.get("role") or f"journal:{item.get('journal')}" for item in items if item.get("journal") != "usage"]
 
 
 async def test_a_tool_run_is_stored_completely(

@@ -19,6 +19,7 @@ from .exceptions import (
     SessionNameError,
     SessionUnavailableError,
     TimestepError,
+    UsageLimitExceeded,
 )
 from .guardrails import (
     AnswerGuardrail,
@@ -34,6 +35,7 @@ from .run import RunConfig, RunHandle, pending_interruptions, run_agent
 from .sessions import ConversationInfo, FileSession, Session
 from .terminal import terminal_approval_handler
 from .tools import Tool, ToolContext, tool
+from .usage import Price, UsageLimits
 
 if TYPE_CHECKING:
     from .history import last_messages, token_budget
@@ -70,6 +72,7 @@ __all__ = [
     "OutputGuardrail",
     "OutputValidationError",
     "PostgresSession",
+    "Price",
     "RunConfig",
     "RunHandle",
     "SQLiteSession",
@@ -83,6 +86,8 @@ __all__ = [
     "TimestepError",
     "Tool",
     "ToolContext",
+    "UsageLimitExceeded",
+    "UsageLimits",
     "default_result_processor",
     "last_messages",
     "open_store",

@@ -84,6 +84,14 @@ class GuardrailBlocked(_ToolEvent):
     reason: str
 
 
+class GuardrailModified(_ToolEvent):
+    """A guardrail changed the call's arguments (``stage="input"``) or its result (``"output"``)."""
+
+    type: Literal["guardrail_modified"]
+    stage: Literal["input", "output"]
+    guardrail: str
+
+
 class InterruptRaised(_ToolEvent):
     """A call waits for a person: an approval, or a call whose outcome a crash left unknown."""
 
@@ -145,13 +153,15 @@ class RunError(_Event):
 
 
 class RunEnd(_Event):
-    """An agent's part of the run ended."""
+    """An agent's part of the run ended; ``usage`` counts its own model calls, and the top level's
+    ``run_usage`` the whole run's (delegates included), per model and per agent."""
 
     type: Literal["run_end"]
     status: Literal["completed", "interrupted", "blocked", "error"]
     final_output: str | None
     usage: dict[str, int]
     interruptions: NotRequired[list[dict[str, Any]]]
+    run_usage: NotRequired[dict[str, Any]]
     output: NotRequired[Any]
 
 
@@ -163,6 +173,7 @@ Event = (
     | ToolResult
     | ToolError
     | GuardrailBlocked
+    | GuardrailModified
     | InterruptRaised
     | ApprovalRecorded
     | ConversationGuardrail
@@ -180,6 +191,7 @@ EVENT_TYPES: tuple[type[Any], ...] = (
     ToolResult,
     ToolError,
     GuardrailBlocked,
+    GuardrailModified,
     InterruptRaised,
     ApprovalRecorded,
     ConversationGuardrail,

@@ -14,6 +14,7 @@
     ├── ApprovalError             an approval that does not match a pending call, or a run that cannot
     │                             go on because approvals are pending
     ├── MaxTurnsExceeded          a run that did not reach an answer within its turn budget
+    ├── UsageLimitExceeded        a run that reached one of its usage limits (calls, tokens, cost)
     ├── OutputValidationError     final answers that did not match the agent's output_type, retries included
     └── MCPServerError            an MCP server that would not start, died, hung or answered nonsense
 
@@ -86,6 +87,20 @@ class ApprovalError(TimestepError, ValueError):
 
 class MaxTurnsExceeded(TimestepError):
     """The run used its whole turn budget without reaching a final answer."""
+
+
+class UsageLimitExceeded(TimestepError):
+    """The run reached one of ``RunConfig.limits``; everything before it is stored, so a run with a
+    higher limit continues where this one stopped."""
+
+    def __init__(self, limit: str, allowed: float, used: float) -> None:
+        self.limit = limit
+        self.allowed = allowed
+        self.used = used
+        super().__init__(
+            f"usage limit reached: {limit} at {used}, over the limit of {allowed} "
+            "(run again with a higher RunConfig.limits to continue)"
+        )
 
 
 class MCPServerError(TimestepError):

@@ -27,6 +27,7 @@ from .approvals import (
 )
 from .guardrails import GuardrailInterrupt, InputGuardrail, OutputGuardrail
 from .tools import ToolArgumentsError, ToolContext, render_result, valid_text
+from .usage import Usage
 
 if TYPE_CHECKING:
     import asyncio
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from .model import ModelClient
     from .run import RunConfig
     from .sessions.base import Session
+    from .tracing import Observer
 
 Event = dict[str, Any]
 ApprovalHandler = Callable[[Interruption], Any]
@@ -60,6 +62,8 @@ class RunContext:
     approval_lock: asyncio.Lock = field(default_factory=lambda: _new_lock())
     depth: int = 0
     inherited_guardrails: tuple[InputGuardrail | OutputGuardrail, ...] = ()
+    usage: Usage = field(default_factory=Usage)  # the whole run's, shared by every level
+    observer: Observer | None = None  # tracing, when it is on
 
     def child(self, caller: Agent) -> RunContext:
         return replace(
@@ -276,6 +280,7 @@ async def _run_input_chain(
             raise _blocked(ctx, base, "input", g.name, verdict.reason or "blocked")
         if verdict.action == "modify_args" and verdict.args is not None:
             args = verdict.args
+            ctx.emit({"type": "guardrail_modified", **base, "stage": "input", "guardrail": g.name})
     return args, None
 
 
@@ -434,6 +439,7 @@ async def _output_guardrails(
             raise _blocked(ctx, base, "output", g.name, verdict.reason or "blocked")
         if verdict.action == "modify_result":
             result = verdict.result
+            ctx.emit({"type": "guardrail_modified", **base, "stage": "output", "guardrail": g.name})
     return result
 
 

@@ -71,7 +71,7 @@ async def default_result_processor(events: AsyncIterable[Mapping[str, Any]]) -> 
         elif kind == "run_end" and top:
             result["status"] = event["status"]
             result["final_output"] = event["output"] if "output" in event else event["final_output"]
-            result["usage"] = event.get("usage") or {}
+            result["usage"] = event.get("run_usage") or event.get("usage") or {}
             result["agent"] = event["agent"]
             result["interruptions"] = event.get("interruptions", [])
     return result

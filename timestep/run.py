@@ -17,7 +17,7 @@ import collections
 import contextlib
 import secrets
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -51,6 +51,7 @@ from .exceptions import (
     ModelResponseError,
     OutputValidationError,
     TimestepError,
+    UsageLimitExceeded,
 )
 from .execution import ApprovalHandler, CallOutcome, Event, RunContext, execute_call
 from .handoffs import HANDOFF_RECEIVED, delegate_session
@@ -58,9 +59,11 @@ from .model import ModelClient
 from .output import FINAL_ANSWER_TOOL
 from .result import default_result_processor
 from .sessions.base import Item, Session
+from .usage import Price, Usage, UsageLimits
 
 if TYPE_CHECKING:
     from . import events
+    from .tracing import Observer, Tracing
 
 ResultProcessor = Callable[[AsyncIterable[Any]], Awaitable[Any]]
 HistoryPolicy = Callable[[list[Item]], list[Item]]
@@ -75,6 +78,10 @@ class RunConfig:
     signs the journal records that can make a tool run, so that write access to the store is not
     enough to approve a call. ``lock_timeout`` is how long a run waits for another run of the
     same conversation (in any process) to finish before it gives up with ``SessionBusyError``.
+    ``limits`` bound the whole run, delegates included (see :mod:`timestep.usage`); ``prices`` (per
+    million tokens, by model name) give the result a ``cost`` and make a cost limit possible.
+    ``tracing`` (``True``, or a :class:`timestep.tracing.Tracing`) sends OpenTelemetry spans; off, the
+    tracing module is never imported.
     ``message_key`` makes delivering ``messages`` idempotent: they are stored together with a
     journal record carrying the key, and a run whose key is already in the journal adds them no
     more, so a run retried after a crash (a durable worker's, an HTTP client's) never sends twice.
@@ -86,6 +93,9 @@ class RunConfig:
     history: HistoryPolicy | None = None
     lock_timeout: float = 120.0
     approval_secret: str | bytes | None = field(default=None, repr=False)
+    limits: UsageLimits | None = None
+    prices: Mapping[str, Price] | None = None
+    tracing: bool | Tracing = False
     message_key: str | None = None
 
 
@@ -208,16 +218,19 @@ def run_agent(
     model_client = _resolve_client(client)
     cfg = config or RunConfig()
     decisions = {cid: parse_decision(cid, value) for cid, value in (approvals or {}).items()}
+    observer = _observer(cfg, model_client)
 
     async def drive(emit: Callable[[Event], None]) -> None:
         ctx = RunContext(
             config=cfg,
             stream=stream,
-            emit=emit,
+            emit=emit if observer is None else observer.watch(emit),
             approvals=decisions,
             approval_handler=approval_handler,
             client=model_client,
             delegate=_delegate,
+            usage=Usage(cfg.limits or UsageLimits(), cfg.prices or {}),
+            observer=observer,
         )
         lock = getattr(session, "lock", None)
         async with lock(cfg.lock_timeout) if lock is not None else contextlib.nullcontext():
@@ -229,6 +242,19 @@ def run_agent(
             _announce_pause(session, outcome.interruptions)
 
     return RunHandle(drive, result_processor)
+
+
+def _observer(cfg: RunConfig, client: ModelClient) -> Observer | None:
+    """The tracing observer, imported only when tracing is on: off, a run never touches OpenTelemetry."""
+    if not cfg.tracing:
+        return None
+    try:
+        from .tracing import Observer, Tracing
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"tracing needs OpenTelemetry ({exc}): pip install 'timestep[otel]' (or -e '.[otel]' in a checkout)"
+        ) from None
+    return Observer(cfg.tracing if isinstance(cfg.tracing, Tracing) else Tracing(), client)
 
 
 DELIVERED = "delivered"
@@ -321,6 +347,7 @@ class LevelOutcome:
     error: str | None = None
     interruptions: list[Interruption] | None = None
     output: Any = None  # the typed final answer, with an output_type
+    limit: UsageLimitExceeded | None = None  # a usage limit ends the whole run, not just this level
 
 
 async def _run_level(
@@ -347,7 +374,11 @@ async def _run_level(
         end["output"] = outcome.output
     if outcome.interruptions:
         end["interruptions"] = [i.as_dict() for i in outcome.interruptions]
+    if ctx.depth == 0:
+        end["run_usage"] = ctx.usage.summary()
     emit(end)
+    if outcome.limit is not None and ctx.depth:
+        raise outcome.limit
     return outcome
 
 
@@ -377,7 +408,7 @@ async def _advance(
         raise
     except TimestepError as exc:
         ctx.emit({"type": "error", **head, "error": str(exc), "error_type": type(exc).__name__})
-        return LevelOutcome("error", error=str(exc))
+        return LevelOutcome("error", error=str(exc), limit=exc if isinstance(exc, UsageLimitExceeded) else None)
 
 
 async def _settle_waiting(
@@ -406,11 +437,12 @@ async def _turns(
     retry: list[Item] = []  # a rejected answer and why, sent with the next request only
     attempts = 0
     for _ in range(ctx.config.max_turns):
-        reply, gate = await _call_model(agent, [*state.messages, *retry], ctx, head, usage, state.call_ids)
+        reply, gate, used = await _call_model(agent, [*state.messages, *retry], ctx, head, usage, state.call_ids)
         calls = reply.get("tool_calls")
         if not calls or (agent.output is not None and _final_answer_call(calls)):
             settled = await settle_answer(agent, reply, gate)
-            await _append(session, ctx, head, state, settled.messages, settled.journal)
+            await _append(session, ctx, head, state, settled.messages, [used, *settled.journal])
+            ctx.usage.check_tokens()
             if settled.status is not None:
                 return LevelOutcome(settled.status, final_output=settled.text, output=settled.output)
             attempts += 1
@@ -421,7 +453,8 @@ async def _turns(
             retry = settled.retry
             continue
         retry = []
-        await _append(session, ctx, head, state, [reply])
+        await _append(session, ctx, head, state, [reply], [used])
+        ctx.usage.check_tokens()
         pending = [PendingCall(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls]
         paused = await _run_calls(agent, session, ctx, state, pending)
         if paused:
@@ -454,6 +487,7 @@ async def _run_calls(
     import asyncio  # at call time: ``import timestep`` stays light
 
     head: Event = {"agent": agent.name, "depth": ctx.depth}
+    ctx.usage.before_tool_calls(sum(1 for c in calls if c.result is None))
     if len(calls) == 1:
         outcomes = [await execute_call(agent, session, ctx, calls[0])]
         await _store_results(session, ctx, head, state, calls, outcomes)
@@ -558,18 +592,19 @@ def _request(agent: Agent, messages: list[Item], ctx: RunContext) -> dict[str, A
 
 async def _call_model(
     agent: Agent, messages: list[Item], ctx: RunContext, head: Event, usage: dict[str, int], ctx_ids: set[str]
-) -> tuple[Item, AnswerGate]:
+) -> tuple[Item, AnswerGate, Item]:
+    """The reply, its answer gate, and the ``usage`` journal record to store with it."""
     body = _request(agent, messages, ctx)
     gate = AnswerGate(agent, ctx.emit, head, ctx.stream)
     try:
-        message, used = await _exchange(body, ctx, gate)
+        message, used = await _exchange(body, ctx, gate, head)
     except ModelHTTPError as exc:
         if "response_format" not in body or agent.output_mode != "auto" or exc.status_code not in (400, 422):
             raise
         # This endpoint does not take a JSON-schema response format: ask for the final-answer tool.
         _no_response_format.add((ctx.client.base_url, agent.model))
         body = _request(agent, messages, ctx)
-        message, used = await _exchange(body, ctx, gate)
+        message, used = await _exchange(body, ctx, gate, head)
     if used:
         for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
             usage[k] = usage.get(k, 0) + int(used.get(k) or 0)
@@ -582,27 +617,40 @@ async def _call_model(
         and (await gate.finish(reply["content"])).action != "proceed"
     ):
         reply["content"] = None
-    return reply, gate
+    return reply, gate, ctx.usage.add(agent.name, agent.model, used)
 
 
-async def _exchange(body: dict[str, Any], ctx: RunContext, gate: AnswerGate) -> tuple[dict[str, Any], Any]:
+async def _exchange(body: dict[str, Any], ctx: RunContext, gate: AnswerGate, head: Event) -> tuple[dict[str, Any], Any]:
+    """One model request: counted against the run's limits, and traced when tracing is on."""
+    ctx.usage.before_model_call()
+    fetch = _fetch(body, ctx, gate)
+    message, used, _ = await (fetch if ctx.observer is None else ctx.observer.model_call(head, body, fetch))
+    return message, used
+
+
+_Fetched = tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]  # message, usage, the last choice and chunk
+
+
+async def _fetch(body: dict[str, Any], ctx: RunContext, gate: AnswerGate) -> _Fetched:
     if ctx.stream:
         return await _stream_reply(ctx.client, body, gate)
     data = await ctx.client.complete(body)
-    return data["choices"][0].get("message") or {}, data.get("usage")
+    choice = data["choices"][0]
+    return choice.get("message") or {}, data.get("usage"), {"choice": choice, "chunk": data}
 
 
-async def _stream_reply(
-    client: ModelClient, body: dict[str, Any], gate: AnswerGate
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+async def _stream_reply(client: ModelClient, body: dict[str, Any], gate: AnswerGate) -> _Fetched:
     content: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
     seen: dict[int, int] = {}
     used = None
+    chunk: dict[str, Any] = {}
+    last: dict[str, Any] = {}
     async for chunk in client.stream(body):
         if chunk.get("usage"):
             used = chunk["usage"]
         for choice in chunk.get("choices") or ():
+            last = choice
             delta = choice.get("delta") or {}
             text = delta.get("content")
             if text:
@@ -620,7 +668,7 @@ async def _stream_reply(
             {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": "".join(c["arguments"])}}
             for _, c in sorted(calls.items())
         ]
-    return message, used
+    return message, used, {"choice": last, "chunk": chunk}
 
 
 def _slot_index(calls: dict[int, dict[str, Any]], seen: dict[int, int], delta: dict[str, Any]) -> int:

@@ -35,8 +35,9 @@ from ..model import ModelClient
 from ..run import pending_interruptions, run_agent
 from ..sessions import Session, Store, open_store
 from .clipboard import copy
+from .conversations import stored_usage
 from .loading import load_agent
-from .render import Output, Renderer, one_line, show_interruption
+from .render import Output, Renderer, one_line, show_interruption, usage_lines
 from .setup import (
     ChatOptions,
     forget_if_unanswered,
@@ -405,6 +406,10 @@ class Chat:
             f"Tokens in this chat: {used.get('prompt_tokens', 0)} in, {used.get('completion_tokens', 0)} out, "
             f"{used.get('total_tokens', 0)} in all."
         )
+        stored = self.runner.run(stored_usage(self.store, self.agent.name, self.conversation_id))
+        if stored.get("model_calls"):
+            lines = usage_lines(stored)
+            self.output.note("\n".join([f"This conversation's {lines[0]}", *lines[1:]]))
 
     def _clear(self) -> None:
         self.output.note(self._farewell())

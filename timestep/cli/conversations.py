@@ -22,8 +22,9 @@ from rich.text import Text
 
 from ..approvals import load
 from ..sessions import ConversationInfo, Store, open_store
+from ..usage import totals
 from .app import DEFAULT_STORE
-from .render import Output, conversation_table, is_tty, print_transcript
+from .render import Output, conversation_table, is_tty, print_transcript, usage_lines
 
 T = TypeVar("T")
 
@@ -92,7 +93,7 @@ def list_conversations(spec: str, agent: str | None, limit: int, as_json: bool) 
 
 
 def show_conversation(spec: str, conversation: str, agent: str | None, as_json: bool) -> None:
-    async def work(store: Store) -> list[tuple[ConversationInfo, list[dict[str, Any]]]]:
+    async def work(store: Store) -> list[tuple[ConversationInfo, list[dict[str, Any]], dict[str, Any]]]:
         found = await _matches(store, spec, conversation, agent)
         if as_json and len(found) > 1:
             agents = ", ".join(c.agent_name for c in found)
@@ -102,7 +103,8 @@ def show_conversation(spec: str, conversation: str, agent: str | None, as_json: 
         sides = []
         for c in found:
             messages, journal = await load(store.session(c.agent_name, c.conversation_id, None))
-            sides.append((c, messages if as_json else interleave(messages, journal)))
+            used = {} if as_json else await stored_usage(store, c.agent_name, c.conversation_id)
+            sides.append((c, messages if as_json else interleave(messages, journal), used))
         return sides
 
     sides = _with_store(spec, work)
@@ -111,10 +113,24 @@ def show_conversation(spec: str, conversation: str, agent: str | None, as_json: 
         sys.stdout.write("\n")
         return
     output = Output()
-    for n, (info, items) in enumerate(sides):
+    for n, (info, items, used) in enumerate(sides):
         if n:
             output.line()
         print_transcript(output, info.agent_name, info.conversation_id, items)
+        if used.get("model_calls"):
+            for line in usage_lines(used):
+                output.line(line, "dim")
+
+
+async def stored_usage(store: Store, agent_name: str, conversation_id: str) -> dict[str, Any]:
+    """The usage recorded in a conversation and in its delegates' conversations, summed."""
+    sides = [(agent_name, conversation_id)]
+    sides += [(d.agent_name, d.conversation_id) for d in await store.delegates(agent_name, conversation_id)]
+    records: list[dict[str, Any]] = []
+    for name, cid in sides:
+        _, journal = await load(store.session(name, cid, None))
+        records += journal
+    return totals(records)
 
 
 def interleave(messages: list[dict[str, Any]], journal: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -176,7 +176,7 @@ class Renderer:
 
     def event(self, event: Event) -> None:
         kind = event.get("type")
-        if kind != "handoff_start":
+        if kind not in ("handoff_start", "guardrail_modified"):  # a transfer shows as a handoff even if modified
             self._flush_deferred()
         handler = getattr(self, f"_on_{kind}", None)
         if handler is not None:
@@ -431,6 +431,27 @@ def print_transcript(output: Output, agent_name: str, conversation_id: str, item
             else:
                 reason = f": {item['message']}" if item.get("message") else ""
                 output.line(f"    {marks.declined} declined{reason}", "red")
+
+
+def usage_lines(usage: dict[str, Any]) -> list[str]:
+    """A run's or a conversation's usage (``timestep.usage`` totals), per agent when there are several."""
+
+    def counts(u: dict[str, Any]) -> str:
+        calls = u.get("model_calls", 0)
+        return (
+            f"{calls} model call{'s' if calls != 1 else ''}, {u.get('prompt_tokens', 0)} tokens in, "
+            f"{u.get('completion_tokens', 0)} out, {u.get('total_tokens', 0)} in all"
+        )
+
+    cost = f", cost {usage['cost']:.6g}" if "cost" in usage else ""
+    lines = [f"usage: {counts(usage)}{cost}"]
+    by_agent = usage.get("by_agent") or {}
+    if len(by_agent) > 1:
+        lines += [f"  {agent}: {counts(u)}" for agent, u in by_agent.items()]
+    by_model = usage.get("by_model") or {}
+    if len(by_model) > 1:
+        lines += [f"  model {model}: {counts(u)}" for model, u in by_model.items()]
+    return lines
 
 
 def _decoded(arguments: Any) -> Any:
