@@ -344,3 +344,8 @@ def sessions_rm(conversation: str, agent: str | None, store: str, yes: bool) -> 
     from .conversations import remove_conversation
 
     remove_conversation(store, conversation, agent, yes)
+
+
+from .serve import serve  # noqa: E402
+
+cli.add_command(serve)
