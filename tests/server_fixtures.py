@@ -6,6 +6,7 @@ over real HTTP from theirs; so a test that drops a connection really drops a soc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -17,6 +18,7 @@ import aiohttp
 import uvicorn
 
 from timestep import Agent, GuardrailInterrupt, InputGuardrail
+from timestep.testing import Reply
 
 
 class LiveServer:
@@ -70,6 +72,23 @@ async def until_end(response: aiohttp.ClientResponse) -> list[tuple[str, dict[st
         if event["type"] == "run_end" and event["depth"] == 0:
             break
     return seen
+
+
+class Gate:
+    """A model that waits, mid-request, until the test lets it answer: a run held at a known point."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+
+    async def __call__(self, body: dict[str, Any]) -> Reply:
+        self.arrived.set()
+        await asyncio.to_thread(self.release.wait, 30)
+        return self.reply
+
+    async def reached(self) -> None:
+        assert await asyncio.to_thread(self.arrived.wait, 30), "the run never reached the model"
 
 
 def bank_agent(ledger: Path) -> Agent:

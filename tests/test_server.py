@@ -4,7 +4,6 @@ disconnects, restarts, racing decisions, and every bad request answered with JSO
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.server_fixtures import LiveServer, bank_agent, ledger_lines, sse, until_end
+from tests.server_fixtures import Gate, LiveServer, bank_agent, ledger_lines, sse, until_end
 from tests.stores_fixtures import pg_prefix, store_and_spec, unique  # noqa: F401 - fixtures
 from timestep import ModelClient
 from timestep.server import create_app
@@ -20,23 +19,6 @@ from timestep.sessions import Store
 from timestep.testing import Reply, TestServer, ToolCall
 
 SSE = {"Accept": "text/event-stream"}
-
-
-class Gate:
-    """A model that waits, mid-request, until the test lets it answer: a run held at a known point."""
-
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-        self.arrived = threading.Event()
-        self.release = threading.Event()
-
-    async def __call__(self, body: dict[str, Any]) -> Reply:
-        self.arrived.set()
-        await asyncio.to_thread(self.release.wait, 30)
-        return self.reply
-
-    async def reached(self) -> None:
-        assert await asyncio.to_thread(self.arrived.wait, 30), "the run never reached the model"
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.server_fixtures import Gate
 from timestep.cli.serve import TOKEN_ENV, is_loopback, pick_token
 from timestep.testing import Reply, TestServer
-from tests.test_server import Gate
 
 AGENTS = '''
 from timestep import Agent
@@ -124,6 +124,7 @@ async def test_a_server_killed_mid_run_restarts_with_the_conversation_valid(
     server.reset()
     server.script(Reply.text("Hello again"))
     child = Serve(tmp_path, "--store", "sqlite:chats.db", env=model_env)
+    base = f"{child.url}/api/agents/Assistant/conversations/c1"
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(base) as r:
