@@ -309,7 +309,9 @@ function renderPending(pending) {
   const box = $("pending");
   const shown = new Set([...box.children].map((c) => c.dataset.id));
   for (const card of [...box.children]) {
-    if (!pending.some((p) => p.tool_call_id === card.dataset.id) && !card.dataset.outcome) card.remove();
+    if (!pending.some((p) => p.tool_call_id === card.dataset.id) && !card.dataset.outcome) {
+      markTaken(card, "Decided elsewhere (another person, tab or program).");
+    }
   }
   for (const p of pending) if (!shown.has(p.tool_call_id)) box.append(approvalCard(p));
 }
@@ -386,15 +388,19 @@ async function decide(card, decision) {
   }
   const error = await errorOf(response);
   if (response.status === 409 && error.type === "ApprovalError") {
-    card.dataset.outcome = "taken";
-    card.querySelector(".actions").remove();
-    card.append(el("div", "outcome", "Already decided (by someone else, or in another tab)."));
-    setTimeout(() => card.remove(), 4000);
+    markTaken(card, "Already decided (by someone else, or in another tab).");
     refreshPending();
     return;
   }
   problem.textContent = error.message;
   for (const b of card.querySelectorAll("button")) b.disabled = false;
+}
+
+function markTaken(card, text) {
+  card.dataset.outcome = "taken";
+  for (const node of card.querySelectorAll(".actions, .problem")) node.remove();
+  card.append(el("div", "outcome", text));
+  setTimeout(() => card.remove(), 5000);
 }
 
 // The common part of JSON Schema a tool's parameters use: types, required, enum, nested objects
