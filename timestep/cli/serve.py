@@ -105,4 +105,4 @@ def serve(agents: tuple[str, ...], store: str, host: str, port: int, offline: bo
         click.echo(f"serving {', '.join(a.name for a in loaded)} at {where} (API: {where}api/docs)", err=True)
         if made:
             click.echo(f"bearer token (shown once; set {TOKEN_ENV} to choose one): {token}", err=True)
-        uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
+        uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, timeout_graceful_shutdown=5)
