@@ -328,3 +328,19 @@ def test_create_app_refuses_what_it_cannot_serve(ledger: Path) -> None:
         create_app([])
     with pytest.raises(ConfigurationError, match="two agents"):
         create_app([bank_agent(ledger), bank_agent(ledger)])
+
+
+async def test_mounted_under_a_prefix_the_token_still_guards_the_api(
+    tmp_path: Path, model: ModelClient, ledger: Path, http: aiohttp.ClientSession
+) -> None:
+    from fastapi import FastAPI
+
+    outer = FastAPI()
+    outer.mount("/chat", create_app([bank_agent(ledger)], store=str(tmp_path / "c"), client=model, token="t0ken"))
+    with LiveServer(outer) as url:
+        async with http.get(f"{url}/chat/api/agents") as r:
+            assert r.status == 401
+        async with http.get(f"{url}/chat/api/agents", headers={"Authorization": "Bearer t0ken"}) as r:
+            assert [a["name"] for a in (await r.json())["agents"]] == ["Bank"]
+        async with http.get(f"{url}/chat/") as r:
+            assert r.status == 200 and "app.js" in await r.text()

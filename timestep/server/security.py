@@ -90,6 +90,9 @@ class BearerToken:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]  # mounted under a prefix: the API's own path
         if scope["type"] != "http" or not path.startswith("/api/") or path in OPEN_PATHS:
             return await self.app(scope, receive, send)
         given = b""

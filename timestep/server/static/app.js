@@ -2,7 +2,7 @@
 //
 // The page keeps nothing a server restart could lose: a conversation is drawn from what the
 // session stores (GET .../conversations/ID), and then followed live on .../events from the cursor
-// that answer gave. Messages and decisions start runs in the background (?background=true), so a
+// that answer gave. Paths are relative to the page, so the app works mounted under a prefix too. Messages and decisions start runs in the background (?background=true), so a
 // reload or a closed tab never stops one; their events arrive on the same follower. Everything
 // from the server is shown with textContent, never as HTML.
 "use strict";
@@ -64,14 +64,14 @@ async function errorOf(response) {
   }
 }
 
-const agentPath = () => `/api/agents/${encodeURIComponent(state.agent)}/conversations`;
+const agentPath = () => `api/agents/${encodeURIComponent(state.agent)}/conversations`;
 const convPath = (what) =>
   `${agentPath()}/${encodeURIComponent(state.conversation)}${what ? "/" + what : ""}`;
 
 // -- conversations -----------------------------------------------------------------------------
 
 async function loadAgents() {
-  const response = await api("/api/agents");
+  const response = await api("api/agents");
   const { agents } = await response.json();
   const select = $("agent");
   select.replaceChildren(...agents.map((a) => el("option", null, a.name)));
