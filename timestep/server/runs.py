@@ -75,10 +75,12 @@ class EventLog:
         first = self._events[0][0]
         return list(self._events)[max(0, n + 1 - first) :]
 
-    async def changed(self) -> None:
+    def next_change(self) -> asyncio.Future[None]:
+        """A future done at the next append. Made at once, not in a task that starts later: an
+        event appended in between would otherwise be missed, and the follower would wait forever."""
         if self._wake is None:
             self._wake = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._wake)
+        return self._wake
 
 
 @dataclass
@@ -242,11 +244,8 @@ async def follow(log: EventLog, after: int, until: Run | None = None) -> AsyncIt
         if until is not None and until.done and not log.after(after):
             return
         if not batch:
-            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(log.changed())]
+            # Shared with the other followers and the run itself: waited on, never cancelled here.
+            waits: set[asyncio.Future[Any]] = {log.next_change()}
             if until is not None and until.task is not None:
-                waits.append(asyncio.ensure_future(asyncio.shield(until.task)))
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
+                waits.add(until.task)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
