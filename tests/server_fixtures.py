@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import uvicorn
 
-from timestep import Agent, GuardrailInterrupt, InputGuardrail
+from timestep import Agent, GuardrailInterrupt, GuardrailResult, InputGuardrail
 from timestep.testing import Reply
 
 
@@ -94,7 +94,7 @@ class Gate:
 
 
 def bank_agent(ledger: Path) -> Agent:
-    """One tool that moves money (appending to ``ledger``), asked of a person first when over 100."""
+    """One tool that moves money (appending to ``ledger``): never to Mallory, asked of a person first over 100."""
 
     def send_money(to: str, amount: int) -> str:
         """Send money to someone."""
@@ -102,9 +102,12 @@ def bank_agent(ledger: Path) -> Agent:
             fh.write(json.dumps({"to": to, "amount": amount}) + "\n")
         return f"sent {amount} to {to}"
 
-    def ask_first(tool_name: str, args: dict[str, Any]) -> None:
+    def ask_first(tool_name: str, args: dict[str, Any]) -> GuardrailResult:
+        if tool_name == "send_money" and args.get("to") == "Mallory":
+            return GuardrailResult.block("Mallory is on the sanctions list")
         if tool_name == "send_money" and int(args.get("amount", 0)) > 100:
             raise GuardrailInterrupt(f"Send {args.get('amount')} to {args.get('to')}?", tool_name, args)
+        return GuardrailResult.proceed()
 
     def lookup(city: str) -> str:
         """Weather for a city."""

@@ -159,3 +159,24 @@ def test_a_reload_mid_run_shows_what_happened_and_follows_the_rest(page: Any, se
     gate.release.set()
     page.locator(".msg.assistant", has_text="Worth the wait").wait_for()
     assert page.locator(".msg.user").count() == 1
+
+
+def test_a_handoff_shows_nested_and_a_guardrail_block_shows_why(page: Any, server: TestServer) -> None:
+    server.script(
+        Reply.tool_calls(ToolCall("transfer_to_helper", {"message": "Weather in Lima?"})),
+        Reply.tool_calls(ToolCall("lookup", {"city": "Lima"})),  # the delegate's own call
+        Reply.text("It is sunny in Lima."),  # the delegate's answer
+        Reply.text("Helper says: sunny."),  # back at the top
+    )
+    send(page, "Ask the helper about Lima")
+    nested = page.locator(".nested")
+    nested.locator(".label", has_text="handed to Helper").wait_for()
+    nested.locator(".call.done", has_text="sunny in Lima").wait_for()
+    nested.locator(".msg.assistant", has_text="It is sunny in Lima.").wait_for()
+    page.locator("#transcript > .msg.assistant", has_text="Helper says: sunny.").wait_for()
+    server.script(
+        Reply.tool_calls(ToolCall("send_money", {"to": "Mallory", "amount": 5})), Reply.text("I cannot do that.")
+    )
+    send(page, "Send 5 to Mallory")
+    page.locator(".call.blocked", has_text="Mallory is on the sanctions list").wait_for()
+    page.locator(".msg.assistant", has_text="I cannot do that.").wait_for()

@@ -272,7 +272,11 @@ function renderMessage(m, where) {
       }
       callBlock(call.id, call.function.name, args, where);
     }
-  } else if (m.role === "tool") settle(m.tool_call_id, "done", m.content);
+  } else if (m.role === "tool") {
+    // The stored result; an error, decline or block already shown live says more than its text.
+    const block = document.querySelector(`.call[data-id="${CSS.escape(m.tool_call_id)}"]`);
+    if (!block || !block.matches(".failed, .declined, .blocked")) settle(m.tool_call_id, "done", m.content);
+  }
   scrollDown();
 }
 
