@@ -217,11 +217,13 @@ async def test_two_decisions_race_and_one_wins(
             async with own.post(conv(serve, cid, "decisions"), json=body) as r:
                 return r.status, await r.json()
 
-    answers = sorted(await asyncio.gather(decide(True), decide(False)), key=lambda a: a[0])
-    assert [status for status, _ in answers] == [200, 409]
-    assert answers[1][1]["error"]["type"] == "ApprovalError"
-    assert "already decided" in answers[1][1]["error"]["message"]
-    assert len(ledger_lines(ledger)) <= 1
+    approved, declined = await asyncio.gather(decide(True), decide(False))
+    winner, loser = (approved, declined) if approved[0] == 200 else (declined, approved)
+    assert (winner[0], loser[0]) == (200, 409)
+    assert loser[1]["error"]["type"] == "ApprovalError" and "already decided" in loser[1]["error"]["message"]
+    assert winner[1]["status"] == "completed"
+    sent = [{"to": "Ada", "amount": 500}] if winner is approved else []
+    assert ledger_lines(ledger) == sent  # the winner's decision, and only it, took effect
 
 
 async def test_a_message_while_a_run_goes_on_is_a_conflict(

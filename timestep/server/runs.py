@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..agent import Agent
-from ..exceptions import TimestepError
+from ..exceptions import SessionBusyError, TimestepError
 from ..result import default_result_processor
 from ..run import RunConfig, run_agent
 from ..sessions.base import Item, Session
@@ -108,8 +108,8 @@ async def _iterate(events: list[Event]) -> AsyncIterator[Event]:
         yield event
 
 
-class ConversationBusy(TimestepError):
-    """A run of this conversation is already going on in this server."""
+class ConversationBusy(SessionBusyError):
+    """A run of this conversation is already going on in this server (a 409 at once, not a wait)."""
 
 
 @dataclass
