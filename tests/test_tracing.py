@@ -313,7 +313,7 @@ except ConfigurationError as exc:
         [sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stderr
-    assert "pip install 'timestep[otel]'" in proc.stdout
+    assert "pip install -e '.[otel]' in a Timestep checkout" in proc.stdout
 
 
 def test_the_tracing_benchmark_runs(tmp_path: Path) -> None:

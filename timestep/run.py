@@ -252,7 +252,7 @@ def _observer(cfg: RunConfig, client: ModelClient) -> Observer | None:
         from .tracing import Observer, Tracing
     except ImportError as exc:
         raise ConfigurationError(
-            f"tracing needs OpenTelemetry ({exc}): pip install 'timestep[otel]' (or -e '.[otel]' in a checkout)"
+            f"tracing needs OpenTelemetry ({exc}): pip install -e '.[otel]' in a Timestep checkout"
         ) from None
     return Observer(cfg.tracing if isinstance(cfg.tracing, Tracing) else Tracing(), client)
 

@@ -356,3 +356,6 @@ def sessions_rm(conversation: str, agent: str | None, store: str, yes: bool) -> 
 from .worker import worker  # noqa: E402  (a command of its own module, registered here)
 
 cli.add_command(worker)
+from .serve import serve  # noqa: E402
+
+cli.add_command(serve)

@@ -1,6 +1,6 @@
 """Tools from Model Context Protocol servers, under the same guardrails, approvals and journal.
 
-Needs the ``mcp`` extra (``pip install 'timestep[mcp]'``); ``import timestep`` never imports it.
+Needs the ``mcp`` extra (``pip install -e '.[mcp]' in a Timestep checkout``); ``import timestep`` never imports it.
 """
 
 from ..exceptions import MCPServerError

@@ -44,7 +44,7 @@ try:
     import mcp_types
     from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ImportError("MCP servers need the mcp extra: pip install 'timestep[mcp]'") from exc
+    raise ImportError("MCP servers need the mcp extra: pip install -e '.[mcp]' in a Timestep checkout") from exc
 
 if TYPE_CHECKING:
     from mcp.client.session import IncomingMessage

@@ -1,0 +1,138 @@
+"""The API's request and response bodies, declared once: FastAPI validates them and writes the OpenAPI document.
+
+Messages, events and results keep Timestep's own shapes (``dict`` here): the API adds no second
+wire form for what the library already declares in :mod:`timestep.events` and :mod:`timestep.result`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_TEXT = 100_000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="What went wrong, e.g. ApprovalError, NotFound, ValidationError")
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error: the status says the class of problem, ``error.type`` the exact one."""
+
+    error: ErrorDetail
+
+
+class ToolInfo(BaseModel):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any]
+
+
+class AgentInfo(BaseModel):
+    name: str
+    model: str
+    tools: list[ToolInfo]
+    handoffs: list[str]
+
+
+class AgentList(BaseModel):
+    agents: list[AgentInfo]
+
+
+class NewConversation(_Body):
+    conversation_id: str | None = Field(default=None, description="An id of your own; by default one is made")
+
+
+class ConversationSummary(BaseModel):
+    agent: str
+    conversation_id: str
+    message_count: int
+    updated_at: datetime | None
+    running: bool
+
+
+class ConversationList(BaseModel):
+    conversations: list[ConversationSummary]
+
+
+class Pending(BaseModel):
+    """A call waiting for a person, with the tool's argument schema (to check edited arguments against)."""
+
+    tool_call_id: str
+    tool_name: str
+    args: dict[str, Any]
+    prompt: str
+    agent: str
+    kind: Literal["approval", "unknown_outcome"]
+    parameters: dict[str, Any] | None
+
+
+class PendingList(BaseModel):
+    pending: list[Pending]
+
+
+class Conversation(BaseModel):
+    agent: str
+    conversation_id: str
+    messages: list[dict[str, Any]] = Field(description="The stored messages, system message left out")
+    pending: list[Pending]
+    running: bool
+    cursor: str = Field(description="An event id: follow /events after it (Last-Event-ID) to see what comes next")
+
+
+class UserMessage(_Body):
+    content: str = Field(min_length=1, max_length=MAX_TEXT)
+
+
+class DecisionIn(_Body):
+    tool_call_id: str = Field(min_length=1, max_length=200)
+    approve: bool
+    message: str | None = Field(default=None, max_length=MAX_TEXT, description="Why, when declining")
+    args: dict[str, Any] | None = Field(default=None, description="Edited arguments, when approving")
+
+    @model_validator(mode="after")
+    def _edits_need_approval(self) -> DecisionIn:
+        if self.args is not None and not self.approve:
+            raise ValueError("edited arguments only go with an approval")
+        return self
+
+    def as_value(self) -> dict[str, Any]:
+        value: dict[str, Any] = {"approve": self.approve}
+        if self.message is not None:
+            value["message"] = self.message
+        if self.args is not None:
+            value["args"] = self.args
+        return value
+
+
+class Decisions(_Body):
+    decisions: list[DecisionIn] = Field(min_length=1, max_length=100)
+
+
+class Started(BaseModel):
+    """A run started in the background: follow it on ``/events`` after ``cursor``."""
+
+    conversation_id: str
+    status: Literal["running"]
+    cursor: str
+
+
+class RunResult(BaseModel):
+    """What ``default_result_processor`` makes of the run's events."""
+
+    status: Literal["completed", "interrupted", "error"]
+    final_output: Any = None
+    messages: list[dict[str, Any]]
+    tool_calls: list[dict[str, Any]]
+    interruptions: list[dict[str, Any]]
+    error: str | None
+    usage: dict[str, int]
+    agent: str | None

@@ -1,0 +1,470 @@
+// The Timestep web chat: plain JavaScript against the server's own API, no build step.
+//
+// The page keeps nothing a server restart could lose: a conversation is drawn from what the
+// session stores (GET .../conversations/ID), and then followed live on .../events from the cursor
+// that answer gave. Paths are relative to the page, so the app works mounted under a prefix too. Messages and decisions start runs in the background (?background=true), so a
+// reload or a closed tab never stops one; their events arrive on the same follower. Everything
+// from the server is shown with textContent, never as HTML.
+"use strict";
+
+const state = { agent: null, conversation: null, follower: null, snapshot: [], live: null, tools: {} };
+const $ = (id) => document.getElementById(id);
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined && text !== null) node.textContent = text;
+  return node;
+}
+
+function setStatus(text, isError) {
+  $("status").textContent = text || "";
+  $("status").classList.toggle("error", Boolean(isError));
+}
+
+// -- the API, with the token asked once --------------------------------------------------------
+
+function askToken() {
+  return new Promise((resolve) => {
+    const dialog = $("token-dialog");
+    $("token-form").onsubmit = () => {
+      localStorage.setItem("timestep-token", $("token").value.trim());
+      resolve();
+    };
+    dialog.showModal();
+  });
+}
+
+async function api(path, options = {}) {
+  for (;;) {
+    const headers = { ...(options.headers || {}) };
+    const token = localStorage.getItem("timestep-token");
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (options.json !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetch(path, {
+      method: options.method || "GET",
+      headers,
+      body: options.json !== undefined ? JSON.stringify(options.json) : undefined,
+      signal: options.signal,
+    });
+    if (response.status === 401) {
+      await askToken();
+      continue;
+    }
+    return response;
+  }
+}
+
+async function errorOf(response) {
+  try {
+    const body = await response.json();
+    return body.error || { type: "HTTPError", message: `HTTP ${response.status}` };
+  } catch {
+    return { type: "HTTPError", message: `HTTP ${response.status}` };
+  }
+}
+
+const agentPath = () => `api/agents/${encodeURIComponent(state.agent)}/conversations`;
+const convPath = (what) =>
+  `${agentPath()}/${encodeURIComponent(state.conversation)}${what ? "/" + what : ""}`;
+
+// -- conversations -----------------------------------------------------------------------------
+
+async function loadAgents() {
+  const response = await api("api/agents");
+  const { agents } = await response.json();
+  const select = $("agent");
+  select.replaceChildren(...agents.map((a) => el("option", null, a.name)));
+  for (const a of agents) state.tools[a.name] = Object.fromEntries(a.tools.map((t) => [t.name, t.parameters]));
+  const wanted = new URLSearchParams(location.hash.slice(1));
+  state.agent = agents.some((a) => a.name === wanted.get("agent")) ? wanted.get("agent") : agents[0].name;
+  select.value = state.agent;
+  select.onchange = () => {
+    state.agent = select.value;
+    openConversation(null);
+    loadConversations();
+  };
+  await loadConversations();
+  if (wanted.get("c")) await openConversation(wanted.get("c"));
+}
+
+async function loadConversations() {
+  const response = await api(agentPath());
+  if (!response.ok) return setStatus((await errorOf(response)).message, true);
+  const { conversations } = await response.json();
+  $("conversations").replaceChildren(
+    ...conversations.map((c) => {
+      const item = el("li", c.conversation_id === state.conversation ? "active" : null, c.conversation_id);
+      item.dataset.id = c.conversation_id;
+      if (c.updated_at) item.append(el("span", "when", new Date(c.updated_at).toLocaleString()));
+      item.onclick = () => openConversation(c.conversation_id);
+      return item;
+    }),
+  );
+}
+
+async function newConversation() {
+  const response = await api(agentPath(), { method: "POST", json: {} });
+  if (!response.ok) return setStatus((await errorOf(response)).message, true);
+  const made = await response.json();
+  await loadConversations();
+  await openConversation(made.conversation_id);
+}
+
+async function openConversation(id) {
+  if (state.follower) state.follower.abort();
+  state.follower = null;
+  state.conversation = id;
+  $("transcript").replaceChildren();
+  $("pending").replaceChildren();
+  for (const li of $("conversations").children) li.classList.toggle("active", li.dataset.id === id);
+  if (!id) return;
+  location.hash = new URLSearchParams({ agent: state.agent, c: id }).toString();
+  const response = await api(convPath());
+  if (!response.ok) return setStatus((await errorOf(response)).message, true);
+  const shown = await response.json();
+  state.live = null;
+  for (const m of shown.messages) renderMessage(m, $("transcript"));
+  state.snapshot = shown.messages.slice(-20).map((m) => JSON.stringify(m));
+  renderPending(shown.pending);
+  setStatus(shown.running ? "running…" : "");
+  follow(shown.cursor);
+}
+
+// -- following the events ----------------------------------------------------------------------
+
+async function follow(cursor) {
+  const controller = new AbortController();
+  state.follower = controller;
+  let last = cursor;
+  while (!controller.signal.aborted) {
+    try {
+      const response = await api(convPath("events"), {
+        headers: { Accept: "text/event-stream", "Last-Event-ID": last },
+        signal: controller.signal,
+      });
+      if (!response.ok) throw new Error((await errorOf(response)).message);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value.replace(/\r\n/g, "\n");
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const frame = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          let id = null;
+          const data = [];
+          for (const line of frame.split("\n")) {
+            if (line.startsWith("id:")) id = line.slice(3).trim();
+            else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+          }
+          if (id) last = id;
+          if (data.length) onEvent(JSON.parse(data.join("\n")));
+        }
+      }
+    } catch (error) {
+      if (controller.signal.aborted) return;
+      setStatus(`reconnecting… (${error.message})`, true);
+    }
+    await new Promise((r) => setTimeout(r, 1000)); // the server went away: try again, from the last id
+  }
+}
+
+function container(depth) {
+  // Events of a delegate (depth > 0) go inside the latest nested block of that depth.
+  let node = $("transcript");
+  for (let d = 1; d <= depth; d++) {
+    const nested = node.querySelectorAll(`:scope > .nested[data-depth="${d}"]`);
+    if (!nested.length) break;
+    node = nested[nested.length - 1];
+  }
+  return node;
+}
+
+function onEvent(event) {
+  const where = container(event.depth || 0);
+  switch (event.type) {
+    case "run_start":
+      if (!event.depth) setStatus("running…");
+      break;
+    case "content_delta": {
+      const key = `${event.depth}`;
+      if (!state.live || state.live.key !== key || !state.live.node.isConnected) {
+        state.live = { key, node: el("div", "msg assistant streaming", "") };
+        where.append(state.live.node);
+      }
+      state.live.node.textContent += event.delta;
+      scrollDown();
+      break;
+    }
+    case "message": {
+      const json = JSON.stringify(event.message);
+      const seen = event.depth ? -1 : state.snapshot.indexOf(json);
+      if (seen >= 0) {
+        state.snapshot.splice(seen, 1); // already drawn from the stored conversation
+        break;
+      }
+      if (event.message.role === "assistant" && state.live && state.live.node.isConnected) {
+        state.live.node.remove();
+        state.live = null;
+      }
+      renderMessage(event.message, where);
+      break;
+    }
+    case "tool_call":
+      callBlock(event.tool_call_id, event.name, event.arguments, where);
+      break;
+    case "tool_result":
+      settle(event.tool_call_id, "done", event.result);
+      break;
+    case "tool_error":
+      settle(event.tool_call_id, event.declined ? "declined" : "failed", event.error);
+      break;
+    case "guardrail_blocked":
+      settle(event.tool_call_id, "blocked", `blocked by ${event.guardrail}: ${event.reason}`);
+      break;
+    case "interrupt":
+      settle(event.tool_call_id, "waiting", event.prompt);
+      refreshPending();
+      break;
+    case "handoff_start": {
+      const nested = el("div", "nested");
+      nested.dataset.depth = String((event.depth || 0) + 1);
+      nested.append(el("div", "label", `handed to ${event.target}: ${event.message}`));
+      where.append(nested);
+      break;
+    }
+    case "handoff_end":
+      break;
+    case "error":
+      where.append(el("div", "banner", `${event.error_type}: ${event.error}`));
+      break;
+    case "run_end":
+      if (!event.depth) {
+        setStatus(event.status === "interrupted" ? "waiting for a decision" : "");
+        refreshPending();
+        loadConversations();
+      }
+      break;
+  }
+  scrollDown();
+}
+
+function scrollDown() {
+  const t = $("transcript");
+  t.scrollTop = t.scrollHeight;
+}
+
+// -- drawing messages and calls ----------------------------------------------------------------
+
+function renderMessage(m, where) {
+  if (m.role === "user") where.append(el("div", "msg user", m.content));
+  else if (m.role === "assistant") {
+    if (m.content) where.append(el("div", "msg assistant", m.content));
+    for (const call of m.tool_calls || []) {
+      let args = call.function.arguments;
+      try {
+        args = JSON.parse(args);
+      } catch {
+        /* shown as sent */
+      }
+      callBlock(call.id, call.function.name, args, where);
+    }
+  } else if (m.role === "tool") {
+    // The stored result; an error, decline or block already shown live says more than its text.
+    const block = document.querySelector(`.call[data-id="${CSS.escape(m.tool_call_id)}"]`);
+    if (!block || !block.matches(".failed, .declined, .blocked")) settle(m.tool_call_id, "done", m.content);
+  }
+  scrollDown();
+}
+
+function callBlock(id, name, args, where) {
+  let block = document.querySelector(`.call[data-id="${CSS.escape(id)}"]`);
+  if (!block) {
+    block = el("div", "call");
+    block.dataset.id = id;
+    block.append(el("span", "name", name), el("pre", "args"), el("div", "state", "running…"));
+    where.append(block);
+  }
+  block.querySelector(".args").textContent = JSON.stringify(args, null, 2);
+  return block;
+}
+
+function settle(id, how, text) {
+  const block = document.querySelector(`.call[data-id="${CSS.escape(id)}"]`);
+  if (!block) return;
+  block.classList.remove("done", "failed", "declined", "blocked", "waiting");
+  block.classList.add(how);
+  const label = { done: "→", failed: "error:", declined: "declined:", blocked: "", waiting: "waiting:" }[how];
+  block.querySelector(".state").textContent = `${label} ${text}`.trim();
+}
+
+// -- approvals ---------------------------------------------------------------------------------
+
+async function refreshPending() {
+  if (!state.conversation) return;
+  const response = await api(convPath("pending"));
+  if (response.ok) renderPending((await response.json()).pending);
+}
+
+function renderPending(pending) {
+  const box = $("pending");
+  const shown = new Set([...box.children].map((c) => c.dataset.id));
+  for (const card of [...box.children]) {
+    if (!pending.some((p) => p.tool_call_id === card.dataset.id) && !card.dataset.outcome) {
+      markTaken(card, "Decided elsewhere (another person, tab or program).");
+    }
+  }
+  for (const p of pending) if (!shown.has(p.tool_call_id)) box.append(approvalCard(p));
+}
+
+function approvalCard(p) {
+  const card = el("div", "card");
+  card.dataset.id = p.tool_call_id;
+  card.append(
+    el("div", "prompt", p.prompt || `Run ${p.tool_name}?`),
+    el("div", "tool", `${p.agent} wants to call ${p.tool_name}` + (p.kind === "unknown_outcome" ? " again (it may already have run)" : "")),
+    el("pre", "args", JSON.stringify(p.args, null, 2)),
+  );
+  const actions = el("div", "actions");
+  const approve = el("button", "primary", "Approve");
+  const decline = el("button", "danger", "Decline");
+  const edit = el("button", null, "Edit arguments");
+  const problem = el("div", "problem");
+  const extra = el("div");
+  approve.type = decline.type = edit.type = "button";
+  actions.append(approve, decline);
+  if (p.kind !== "unknown_outcome") actions.append(edit);
+  card.append(actions, extra, problem);
+
+  approve.onclick = () => decide(card, { tool_call_id: p.tool_call_id, approve: true });
+  decline.onclick = () => {
+    const reason = el("input");
+    reason.type = "text";
+    reason.placeholder = "Why? (the agent reads this)";
+    reason.setAttribute("aria-label", "Reason");
+    const send = el("button", "danger", "Decline with this reason");
+    send.type = "button";
+    send.onclick = () => decide(card, { tool_call_id: p.tool_call_id, approve: false, message: reason.value || null });
+    extra.replaceChildren(reason, send);
+    reason.focus();
+  };
+  edit.onclick = () => {
+    const area = el("textarea");
+    area.rows = 6;
+    area.value = JSON.stringify(p.args, null, 2);
+    area.setAttribute("aria-label", "Arguments");
+    const send = el("button", "primary", "Approve with these arguments");
+    send.type = "button";
+    send.onclick = () => {
+      let args;
+      try {
+        args = JSON.parse(area.value);
+      } catch (error) {
+        problem.textContent = `not JSON: ${error.message}`;
+        return;
+      }
+      const wrong = checkSchema(p.parameters || {}, args, "arguments");
+      if (wrong.length) {
+        problem.textContent = wrong.join("; ");
+        return;
+      }
+      decide(card, { tool_call_id: p.tool_call_id, approve: true, args });
+    };
+    extra.replaceChildren(area, send);
+  };
+  return card;
+}
+
+async function decide(card, decision) {
+  const problem = card.querySelector(".problem");
+  problem.textContent = "";
+  for (const b of card.querySelectorAll("button")) b.disabled = true;
+  const response = await api(`${convPath("decisions")}?background=true`, {
+    method: "POST",
+    json: { decisions: [decision] },
+  });
+  if (response.ok) {
+    card.remove();
+    return;
+  }
+  const error = await errorOf(response);
+  if (response.status === 409 && error.type === "ApprovalError") {
+    markTaken(card, "Already decided (by someone else, or in another tab).");
+    refreshPending();
+    return;
+  }
+  problem.textContent = error.message;
+  for (const b of card.querySelectorAll("button")) b.disabled = false;
+}
+
+function markTaken(card, text) {
+  card.dataset.outcome = "taken";
+  for (const node of card.querySelectorAll(".actions, .problem")) node.remove();
+  card.append(el("div", "outcome", text));
+  setTimeout(() => card.remove(), 5000);
+}
+
+// The common part of JSON Schema a tool's parameters use: types, required, enum, nested objects
+// and arrays, bounds. The server checks again, fully, before anything runs.
+function checkSchema(schema, value, where, root = schema) {
+  if (schema.$ref && schema.$ref.startsWith("#/$defs/")) schema = root.$defs[schema.$ref.slice(8)] || {};
+  const problems = [];
+  const options = schema.anyOf || schema.oneOf;
+  if (options) {
+    if (!options.some((s) => checkSchema(s, value, where, root).length === 0)) problems.push(`${where} does not fit any allowed form`);
+    return problems;
+  }
+  const types = [].concat(schema.type || []);
+  const is = {
+    object: (v) => v !== null && typeof v === "object" && !Array.isArray(v),
+    array: Array.isArray,
+    string: (v) => typeof v === "string",
+    integer: Number.isInteger,
+    number: (v) => typeof v === "number",
+    boolean: (v) => typeof v === "boolean",
+    null: (v) => v === null,
+  };
+  if (types.length && !types.some((t) => is[t] && is[t](value))) return [`${where} must be ${types.join(" or ")}`];
+  if (schema.enum && !schema.enum.some((e) => JSON.stringify(e) === JSON.stringify(value))) problems.push(`${where} must be one of ${schema.enum.map((e) => JSON.stringify(e)).join(", ")}`);
+  if (typeof value === "number") {
+    if (schema.minimum !== undefined && value < schema.minimum) problems.push(`${where} must be at least ${schema.minimum}`);
+    if (schema.maximum !== undefined && value > schema.maximum) problems.push(`${where} must be at most ${schema.maximum}`);
+  }
+  if (is.object(value)) {
+    for (const key of schema.required || []) if (!(key in value)) problems.push(`${where}.${key} is required`);
+    const props = schema.properties || {};
+    for (const [key, v] of Object.entries(value)) {
+      if (props[key]) problems.push(...checkSchema(props[key], v, `${where}.${key}`, root));
+      else if (schema.additionalProperties === false) problems.push(`${where}.${key} is not an argument of this tool`);
+    }
+  }
+  if (Array.isArray(value) && schema.items) value.forEach((v, i) => problems.push(...checkSchema(schema.items, v, `${where}[${i}]`, root)));
+  return problems;
+}
+
+// -- sending -----------------------------------------------------------------------------------
+
+async function send(event) {
+  event.preventDefault();
+  const input = $("input");
+  const content = input.value.trim();
+  if (!content) return;
+  if (!state.conversation) {
+    const made = await api(agentPath(), { method: "POST", json: {} });
+    if (!made.ok) return setStatus((await errorOf(made)).message, true);
+    await openConversation((await made.json()).conversation_id);
+  }
+  const response = await api(`${convPath("messages")}?background=true`, { method: "POST", json: { content } });
+  if (!response.ok) return setStatus((await errorOf(response)).message, true);
+  input.value = "";
+}
+
+$("composer").addEventListener("submit", send);
+$("input").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey) send(e);
+});
+$("new").addEventListener("click", newConversation);
+loadAgents().catch((error) => setStatus(error.message, true));
