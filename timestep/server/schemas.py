@@ -128,11 +128,11 @@ class Started(BaseModel):
 class RunResult(BaseModel):
     """What ``default_result_processor`` makes of the run's events."""
 
-    status: Literal["completed", "interrupted", "error"]
+    status: Literal["completed", "interrupted", "blocked", "error"]
     final_output: Any = None
     messages: list[dict[str, Any]]
     tool_calls: list[dict[str, Any]]
     interruptions: list[dict[str, Any]]
     error: str | None
-    usage: dict[str, int]
+    usage: dict[str, Any]  # token counts, model and tool calls, and per model, per agent and cost breakdowns
     agent: str | None
