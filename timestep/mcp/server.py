@@ -319,7 +319,10 @@ def _stderr() -> TextIO:
         sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):
         if _devnull is None:
+            import atexit
+
             _devnull = open(os.devnull, "w")  # noqa: SIM115  # one for the process, shared by every server
+            atexit.register(_devnull.close)
         return _devnull
     return sys.stderr
 
