@@ -647,9 +647,9 @@ LATER = [
     ),
     Mutation(
         "namesake-guardrails-share-an-answer",
-        EXECUTION,
-        'labels.append(g.name if seen[g.name] == 1 else f"{g.name} #{seen[g.name]}")',
-        "labels.append(g.name)",
+        GUARDRAILS,
+        'out.append(g.name if seen[g.name] == 1 else f"{g.name} #{seen[g.name]}")',
+        "out.append(g.name)",
         "two approval guardrails with one name share one answer",
         (_p("test_two_approval_guardrails_with_the_same_name_each_get_an_answer"),),
     ),

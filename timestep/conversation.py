@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .approvals import Interruption, Seal, digest, fingerprint, parse_decision
 from .exceptions import OutputValidationError
-from .guardrails import AnswerGuardrail, GuardrailInterrupt, GuardrailResult, MessageGuardrail
+from .guardrails import AnswerGuardrail, GuardrailInterrupt, GuardrailResult, MessageGuardrail, labels
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -56,15 +56,6 @@ async def _judge(guardrail: MessageGuardrail | AnswerGuardrail, text: str) -> Gu
         return GuardrailResult.block(f"the guardrail failed ({type(exc).__name__}: {exc})")
 
 
-def _labels(chain: list[Any]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for g in chain:
-        seen[g.name] = seen.get(g.name, 0) + 1
-        out.append(g.name if seen[g.name] == 1 else f"{g.name} #{seen[g.name]}")
-    return out
-
-
 # -- answers ----------------------------------------------------------------------------------------
 
 
@@ -78,7 +69,7 @@ class AnswerGate:
 
     def __init__(self, agent: Agent, emit: Callable[[Event], None], head: Event, stream: bool) -> None:
         self.guardrails = agent.answer_guardrails
-        self.labels = _labels(self.guardrails)
+        self.labels = labels(self.guardrails)
         self.emit = emit
         self.head = head
         self.stream = stream
@@ -250,7 +241,7 @@ async def check_messages(agent: Agent, session: Session, ctx: RunContext, head: 
     for m in out:
         if m.get("role") != "user" or not isinstance(m.get("content"), str):
             continue
-        for g, label in zip(chain, _labels(chain), strict=True):
+        for g, label in zip(chain, labels(chain), strict=True):
             try:
                 verdict = await _judge(g, m["content"])
             except GuardrailInterrupt as interrupt:

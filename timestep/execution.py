@@ -25,7 +25,7 @@ from .approvals import (
     fingerprint,
     parse_decision,
 )
-from .guardrails import GuardrailInterrupt, InputGuardrail, OutputGuardrail
+from .guardrails import GuardrailInterrupt, InputGuardrail, OutputGuardrail, labels
 from .tools import ToolArgumentsError, ToolContext, render_result, valid_text
 from .usage import Usage
 
@@ -259,7 +259,7 @@ async def _run_input_chain(
     args: dict[str, Any],
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """One pass: (arguments to call with, None), (None, None) if paused, or (None, edited) to restart."""
-    for g, label in zip(chain, _labels(chain), strict=True):
+    for g, label in zip(chain, labels(chain), strict=True):
         try:
             verdict = await g.check(call.name, args)
         except GuardrailInterrupt as interrupt:
@@ -282,20 +282,6 @@ async def _run_input_chain(
             args = verdict.args
             ctx.emit({"type": "guardrail_modified", **base, "stage": "input", "guardrail": g.name})
     return args, None
-
-
-def _labels(chain: list[InputGuardrail]) -> list[str]:
-    """Each guardrail's name in the journal: its own, then ``name #2``, ``#3``... for namesakes.
-
-    An answer is matched to the guardrail that asked by this label, so two guardrails that share a
-    name (two made by one factory, two lambdas) each get their own answer.
-    """
-    seen: dict[str, int] = {}
-    labels = []
-    for g in chain:
-        seen[g.name] = seen.get(g.name, 0) + 1
-        labels.append(g.name if seen[g.name] == 1 else f"{g.name} #{seen[g.name]}")
-    return labels
 
 
 async def _approve(

@@ -14,7 +14,7 @@ broken check must never wave a tool through.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -154,6 +154,20 @@ class AnswerGuardrail:
 
 
 Guardrail = InputGuardrail | OutputGuardrail | MessageGuardrail | AnswerGuardrail
+
+
+def labels(chain: Sequence[Guardrail]) -> list[str]:
+    """Each guardrail's name in the journal and in events: its own, then ``name #2``, ``#3``... for namesakes.
+
+    An answer is matched to the guardrail that asked by this label, so two guardrails that share a
+    name (two made by one factory, two lambdas) each get their own answer.
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for g in chain:
+        seen[g.name] = seen.get(g.name, 0) + 1
+        out.append(g.name if seen[g.name] == 1 else f"{g.name} #{seen[g.name]}")
+    return out
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
