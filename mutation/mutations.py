@@ -703,6 +703,15 @@ LATER = [
         ("tests/test_file_session.py",),
     ),
     Mutation(
+        "held-appends-unlocked",
+        FILE_STORE,
+        "        try:\n            self._lock(fd, fcntl.LOCK_EX, blocking)\n            st = os.fstat(fd)",
+        "        try:\n            if not borrowed:\n                self._lock(fd, fcntl.LOCK_EX, blocking)\n"
+        "            st = os.fstat(fd)",
+        "a run's appends on its lock's descriptor skip the writers' lock",
+        ("tests/test_file_session.py",),
+    ),
+    Mutation(
         "sqlite-synchronous-off",
         SQLITE,
         'conn.execute("PRAGMA synchronous = NORMAL")',

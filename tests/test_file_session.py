@@ -223,6 +223,50 @@ async def test_a_read_waits_while_another_process_holds_the_writers_lock(tmp_pat
         holder.communicate(timeout=30)
 
 
+async def test_a_run_holding_the_conversation_still_waits_for_another_writer(tmp_path: Path) -> None:
+    """A run's appends reuse its lock's descriptor, yet still take the writers' lock every time."""
+    import subprocess
+    import sys
+
+    from timestep import SessionBusyError
+
+    session = FileSession("a", "c", None, tmp_path)
+    async with session.lock(timeout=5):
+        await session.add_items([{"role": "user", "content": "first"}])
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import fcntl, sys\nf = open(sys.argv[1], 'ab')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
+                "print('held', flush=True)\nsys.stdin.readline()\n"
+                'f.write(b\'{"role": "user", "content": "theirs"}\\n\'); f.flush()',
+                str(session.path),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            assert (await asyncio.to_thread(holder.stdout.readline)).strip() == "held"
+            writer = asyncio.create_task(session.add_items([{"role": "assistant", "content": "ours"}]))
+            await asyncio.sleep(0.3)
+            assert not writer.done(), "an append went ahead while another process held the writers' lock"
+            holder.stdin.write("release\n")
+            holder.stdin.flush()
+            await asyncio.wait_for(writer, 30)
+        finally:
+            holder.kill()
+            holder.communicate(timeout=30)
+        contents = [m["content"] for m in await session.get_items()]
+        assert sorted(contents) == ["first", "ours", "theirs"] and contents[0] == "first"
+        with pytest.raises(SessionBusyError):  # appends never release the run lock itself
+            async with FileSession("a", "c", None, tmp_path).lock(timeout=0.2):
+                pass
+    async with FileSession("a", "c", None, tmp_path).lock(timeout=5):
+        pass
+
+
 def test_one_file_per_conversation_even_when_locked(tmp_path: Path) -> None:
     async def main() -> None:
         session = FileSession("a", "c", None, tmp_path)

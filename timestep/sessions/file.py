@@ -39,6 +39,7 @@ import fcntl
 import json
 import os
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -93,6 +94,7 @@ class FileSession:
         self._offset = 0
         self._tail = b""  # the last bytes of what the cache holds, to notice a rewritten end
         self._stamp: tuple[int, int] | None = None  # (inode, mtime_ns) of the cached view
+        self._held: tuple[int, int] | None = None  # (descriptor, thread) of the run lock this session holds
 
     def __repr__(self) -> str:
         return f"FileSession({self.agent_name!r}, {self.conversation_id!r}, storage_dir={str(self.storage_dir)!r})"
@@ -125,6 +127,7 @@ class FileSession:
         ofd = hasattr(fcntl, "F_OFD_SETLK")
         lock_path = str(self.path) if ofd else str(self.path) + ".lock"
         fd = self._open_lock(lock_path)
+        lent = False
         try:
             deadline = time.monotonic() + timeout
             delay = 0.005
@@ -136,16 +139,39 @@ class FileSession:
                     )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.25)
+            if ofd and self._held is None:
+                # The run's reads and appends on this thread reuse this descriptor: no open and close each.
+                self._held, lent = (fd, threading.get_ident()), True
             yield
         finally:
+            if lent:
+                self._held = None
             os.close(fd)
 
     def _open_lock(self, lock_path: str) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND  # as appends open it: the run's appends may use it
         try:
-            return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            return os.open(lock_path, flags, 0o600)
         except FileNotFoundError:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            return os.open(lock_path, flags, 0o600)
+
+    def _borrow(self, blocking: bool) -> int:
+        """The run lock's descriptor, for an operation that runs inline on the lock holder's thread; else -1.
+
+        Only inline: the operation then runs start to end without yielding, so no other operation of
+        this process can share the descriptor's ``flock`` halfway through (a worker thread opens its own).
+        """
+        held = self._held
+        if blocking or held is None or held[1] != threading.get_ident():
+            return -1
+        return held[0]
+
+    def _release(self, fd: int, borrowed: bool) -> None:
+        if borrowed:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        else:
+            os.close(fd)
 
     async def get_items(self, limit: int | None = None) -> list[Item]:
         if limit is not None and limit <= 0:
@@ -254,8 +280,11 @@ class FileSession:
             raise
 
     def _read(self, blocking: bool) -> list[Item]:
+        fd = self._borrow(blocking)
+        borrowed = fd >= 0
         try:
-            fd = self._open(os.O_RDONLY)
+            if not borrowed:
+                fd = self._open(os.O_RDONLY)
         except FileNotFoundError:
             sys_item = system_item(self.agent_instructions)
             return [sys_item] if sys_item else []
@@ -265,8 +294,9 @@ class FileSession:
             if not self._sync_cache(fd, st, blocking):
                 # A torn tail: repair it under the exclusive lock, then read again.
                 fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-                fd = self._open(os.O_RDWR | os.O_APPEND)
+                if not borrowed:
+                    os.close(fd)
+                    fd = self._open(os.O_RDWR | os.O_APPEND)
                 self._lock(fd, fcntl.LOCK_EX, blocking)
                 self._repair_tail(fd)
                 self._sync_cache(fd, os.fstat(fd), blocking)
@@ -275,7 +305,7 @@ class FileSession:
                 return [sys_item] if sys_item else []
             return list(self._items)
         finally:
-            os.close(fd)
+            self._release(fd, borrowed)
 
     def _sync_cache(self, fd: int, st: os.stat_result, blocking: bool) -> bool:
         """Bring the cache up to date with the file; False if the file ends in a torn line."""
@@ -346,20 +376,26 @@ class FileSession:
         os.ftruncate(fd, keep)
 
     def _append(self, data: bytes, items: list[Item], blocking: bool) -> None:
-        fd = self._open(os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        fd = self._borrow(blocking)
+        borrowed = fd >= 0
+        if not borrowed:
+            fd = self._open(os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
             self._lock(fd, fcntl.LOCK_EX, blocking)
-            if os.fstat(fd).st_nlink == 0:  # deleted while we waited: write to the path's new file instead
+            st = os.fstat(fd)
+            if st.st_nlink == 0:  # deleted while we waited: write to the path's new file instead
                 stale, fd = fd, -1
-                os.close(stale)
+                self._release(stale, borrowed)
+                borrowed = False
                 fd = self._open(os.O_RDWR | os.O_APPEND | os.O_CREAT)
                 self._lock(fd, fcntl.LOCK_EX, blocking)
-            st = os.fstat(fd)
+                st = os.fstat(fd)
             size = st.st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
+            in_sync = self._stamp is not None and self._stamp == (st.st_ino, st.st_mtime_ns) and size == self._offset
+            # What this cache read last ends in a newline; anything else may end in a torn line.
+            if size and not in_sync and os.pread(fd, 1, size - 1) != b"\n":
                 self._repair_tail(fd)
                 size = os.fstat(fd).st_size
-            in_sync = self._stamp is not None and self._stamp == (st.st_ino, st.st_mtime_ns) and size == self._offset
             if size == 0:
                 in_sync = True
                 self._items, self._offset, self._tail = [], 0, b""
@@ -384,7 +420,7 @@ class FileSession:
                 self._stamp = (st.st_ino, st.st_mtime_ns)
         finally:
             if fd >= 0:
-                os.close(fd)
+                self._release(fd, borrowed)
 
     def _truncate_to(self, keep_items: int | None, blocking: bool) -> Item | None:
         """Cut the file after its first ``keep_items`` lines (None: before its latest message other
