@@ -333,5 +333,5 @@ async def test_pending_interruptions_match_the_logged_call(
         result = await run_agent(agent, [{"role": "user", "content": "q"}], session, client=client)
     assert result["status"] == "interrupted"
     (pending,) = await pending_interruptions(agent, session)
-    (record,) = [r for r in caplog.records if r.name == "timestep"]
+    (record,) = [r for r in caplog.records if r.name == "timestep.approvals"]
     assert f"approvals={{{pending.tool_call_id!r}: True}}" in record.getMessage()

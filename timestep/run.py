@@ -280,7 +280,7 @@ def _announce_pause(session: Session, waiting: list[Interruption]) -> None:
     import json
     import logging
 
-    log = logging.getLogger("timestep")
+    log = logging.getLogger("timestep.approvals")
     if not log.isEnabledFor(logging.WARNING):
         return
     for i in waiting:

@@ -10,6 +10,7 @@ user's mistake after all.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import traceback
@@ -123,6 +124,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
     group = ctx.find_root().command
     if isinstance(group, TimestepGroup):
         group.debug = group.debug or debug
+    # The commands show waiting calls themselves, with the command that answers them; the library's
+    # note for programs ("resume with: run_agent(...)") would only repeat it in words meant for Python.
+    notes = logging.getLogger("timestep.approvals")
+    ctx.call_on_close(lambda level=notes.level: notes.setLevel(level))  # a host process keeps its own
+    notes.setLevel(logging.ERROR)
 
 
 def _model_options(default_model: str | None) -> Callable[[F], F]:

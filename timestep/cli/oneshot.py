@@ -78,6 +78,8 @@ def run_once(spec: str, prompt: str | None, options: ChatOptions) -> int:
                 raise click.ClickException(error)
             if result.status == "interrupted":
                 for pending in result.interruptions:
+                    if pending.tool_call_id in renderer.announced:
+                        continue
                     call = call_text(pending.tool_name, pending.args, 200, output.marks.more)
                     output.line(f"{output.marks.pause} {call} waits for approval ({pending.agent})", "magenta")
                 output.note(f"Paused. Decide with: {options.resume_command(spec, conversation_id)}")

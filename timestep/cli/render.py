@@ -144,6 +144,7 @@ class Renderer:
         self._speaker: tuple[str, int] | None = None
         self._streamed: set[tuple[str, int]] = set()
         self._handoff_calls: set[str] = set()
+        self.announced: set[str] = set()  # the tool call ids whose pause was shown as it happened
         self._deferred: Event | None = None
         self._status: Status | None = None
 
@@ -259,6 +260,7 @@ class Renderer:
         call = call_text(str(e.get("name", "")), e.get("arguments"), more=self.marks.more)
         text = f"{self.marks.pause} {call} waits for approval"
         self._line(int(e.get("depth", 0)) + 2, text, "magenta")
+        self.announced.add(str(e.get("tool_call_id")))
 
     def _on_approval(self, e: Event) -> None:
         depth = int(e.get("depth", 0)) + 2
