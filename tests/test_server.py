@@ -334,6 +334,26 @@ async def test_a_paused_message_is_listed_and_decided_as_a_call_is(
         assert [m["content"] for m in (await r.json())["messages"]] == ["please wire 50 to Ada", "Sending 50."]
 
 
+async def test_a_paused_message_waits_through_a_restart(
+    store_and_spec: tuple[Store, str],  # noqa: F811
+    model: ModelClient,
+    server: TestServer,
+    http: aiohttp.ClientSession,
+) -> None:
+    store, _ = store_and_spec
+    cid = unique()
+    with LiveServer(create_app([guarded_agent()], store=store, client=model)) as url:
+        mid = await pause_message(http, url, cid)
+    with LiveServer(create_app([guarded_agent()], store=store, client=model)) as url:
+        async with http.get(guarded_conv(url, cid, "pending")) as r:
+            assert [(p["tool_call_id"], p["kind"]) for p in (await r.json())["pending"]] == [(mid, "message")]
+        server.script(Reply.text("Wiring after the restart."))
+        decision = {"decisions": [{"tool_call_id": mid, "approve": True}]}
+        async with http.post(guarded_conv(url, cid, "decisions"), json=decision) as r:
+            assert (await r.json())["final_output"] == "Wiring after the restart."
+    assert server.requests[-1].messages[-1]["content"] == "please wire 500 to Ada"
+
+
 async def test_a_declined_message_blocks_the_run(guarded: str, server: TestServer, http: aiohttp.ClientSession) -> None:
     cid = unique()
     mid = await pause_message(http, guarded, cid)
