@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -16,8 +17,16 @@ from typing import Any
 
 import aiohttp
 import uvicorn
+from pydantic import BaseModel
 
-from timestep import Agent, GuardrailInterrupt, GuardrailResult, InputGuardrail
+from timestep import (
+    Agent,
+    AnswerGuardrail,
+    GuardrailInterrupt,
+    GuardrailResult,
+    InputGuardrail,
+    MessageGuardrail,
+)
 from timestep.testing import Reply
 
 
@@ -121,6 +130,55 @@ def bank_agent(ledger: Path) -> Agent:
         tools=[send_money],
         handoffs=[helper],
         guardrails=[InputGuardrail(ask_first)],
+    )
+
+
+CARD = re.compile(r"\b\d{4}(?: \d{4}){3}\b")
+
+
+def screen_message(text: str) -> GuardrailResult | None:
+    """Passwords never reach the model, card numbers are redacted, wires wait for a person."""
+    if "password" in text.lower():
+        return GuardrailResult.block("never send passwords here")
+    if "wire" in text.lower():
+        raise GuardrailInterrupt("Let this message through to the agent?")
+    redacted = CARD.sub("[card]", text)
+    return GuardrailResult.replace(redacted) if redacted != text else None
+
+
+def screen_answer(text: str) -> GuardrailResult | None:
+    """An answer naming a code is refused; one that hedges ("maybe") is asked for again."""
+    if "code" in text.lower():
+        return GuardrailResult.block("it contains a code")
+    if "maybe" in text.lower():
+        return GuardrailResult.retry("be sure")
+    return None
+
+
+def guarded_agent() -> Agent:
+    """An agent whose conversation is guarded both ways: what comes in, and what it answers."""
+    return Agent(
+        name="Guarded",
+        model="test-model",
+        instructions="You help with accounts.",
+        guardrails=[MessageGuardrail(screen_message), AnswerGuardrail(screen_answer)],
+    )
+
+
+class Forecast(BaseModel):
+    city: str
+    temperature: int
+    summary: str
+
+
+def typed_agent() -> Agent:
+    """An agent whose final answer is a ``Forecast``, asked for with the final-answer tool."""
+    return Agent(
+        name="Weather",
+        model="test-model",
+        instructions="You forecast the weather.",
+        output_type=Forecast,
+        output_mode="tool",
     )
 
 

@@ -4,6 +4,7 @@ disconnects, restarts, racing decisions, and every bad request answered with JSO
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,16 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.server_fixtures import Gate, LiveServer, bank_agent, ledger_lines, sse, until_end
+from tests.server_fixtures import (
+    Gate,
+    LiveServer,
+    bank_agent,
+    guarded_agent,
+    ledger_lines,
+    sse,
+    typed_agent,
+    until_end,
+)
 from tests.stores_fixtures import pg_prefix, store_and_spec, unique  # noqa: F401 - fixtures
 from timestep import ModelClient
 from timestep.server import create_app
@@ -243,6 +253,159 @@ async def test_a_message_while_a_run_goes_on_is_a_conflict(
     gate.release.set()
     async with http.get(conv(serve, cid, "events"), headers={"Last-Event-ID": started["cursor"]}) as r:
         assert (await until_end(r))[-1][1]["final_output"] == "first"
+
+
+@pytest.fixture
+def guarded(
+    store_and_spec: tuple[Store, str],  # noqa: F811
+    model: ModelClient,
+) -> Iterator[str]:
+    """The agents whose conversation is guarded (Guarded) and whose answer is typed (Weather)."""
+    store, _ = store_and_spec
+    with LiveServer(create_app([guarded_agent(), typed_agent()], store=store, client=model)) as url:
+        yield url
+
+
+def guarded_conv(url: str, cid: str, what: str = "", agent: str = "Guarded") -> str:
+    return f"{url}/api/agents/{agent}/conversations/{cid}" + (f"/{what}" if what else "")
+
+
+async def test_a_blocked_message_and_a_redacted_one(
+    guarded: str, server: TestServer, http: aiohttp.ClientSession
+) -> None:
+    cid = unique()
+    async with http.post(guarded_conv(guarded, cid, "messages"), json={"content": "my password is hunter2"}) as r:
+        result = await r.json()
+    assert (result["status"], result["final_output"]) == ("blocked", "never send passwords here")
+    assert server.requests == [] and result["messages"] == []  # the model never saw it, nothing stored
+    server.script(Reply.text("Noted."))
+    async with http.post(
+        guarded_conv(guarded, cid, "messages"), json={"content": "card 4111 1111 1111 1111"}, headers=SSE
+    ) as r:
+        seen = [e for _, e in await until_end(r)]
+    [note] = [e for e in seen if e["type"] == "guardrail"]
+    assert (note["stage"], note["action"], note["guardrail"]) == ("message", "replace", "screen_message")
+    assert server.requests[-1].messages[-1]["content"] == "card [card]"
+    async with http.get(guarded_conv(guarded, cid)) as r:
+        assert [m["content"] for m in (await r.json())["messages"]] == ["card [card]", "Noted."]
+
+
+async def pause_message(http: aiohttp.ClientSession, url: str, cid: str) -> str:
+    async with http.post(guarded_conv(url, cid, "messages"), json={"content": "please wire 500 to Ada"}) as r:
+        result = await r.json()
+    assert result["status"] == "interrupted"
+    [waiting] = result["interruptions"]
+    assert waiting["kind"] == "message"
+    return str(waiting["tool_call_id"])
+
+
+async def test_a_paused_message_is_listed_and_decided_as_a_call_is(
+    guarded: str, server: TestServer, http: aiohttp.ClientSession
+) -> None:
+    cid = unique()
+    mid = await pause_message(http, guarded, cid)
+    assert server.requests == []
+    async with aiohttp.ClientSession() as other:  # another person, another connection
+        async with other.get(guarded_conv(guarded, cid, "pending")) as r:
+            [pending] = (await r.json())["pending"]
+        assert pending["tool_call_id"] == mid and pending["kind"] == "message"
+        assert pending["args"] == {"content": "please wire 500 to Ada"}
+        assert pending["prompt"] == "Let this message through to the agent?"
+        assert pending["parameters"]["required"] == ["content"]
+        async with other.get(guarded_conv(guarded, cid)) as r:
+            assert [p["tool_call_id"] for p in (await r.json())["pending"]] == [mid]
+        for wrong in ({"content": 5}, {"text": "hi"}, {"content": ""}):
+            edit = {"decisions": [{"tool_call_id": mid, "approve": True, "args": wrong}]}
+            async with other.post(guarded_conv(guarded, cid, "decisions"), json=edit) as r:
+                assert await status_and_type(r) == (422, "ValidationError"), wrong
+        server.script(Reply.text("Sending 50."))
+        edit = {"decisions": [{"tool_call_id": mid, "approve": True, "args": {"content": "please wire 50 to Ada"}}]}
+        async with other.post(guarded_conv(guarded, cid, "decisions"), json=edit, headers=SSE) as r:
+            seen = [e for _, e in await until_end(r)]
+    [approval] = [e for e in seen if e["type"] == "approval"]
+    assert approval["tool_call_id"] == mid and approval["approved"] is True
+    assert approval["edited_arguments"] == {"content": "please wire 50 to Ada"}
+    assert seen[-1]["status"] == "completed"
+    assert server.requests[-1].messages[-1]["content"] == "please wire 50 to Ada"  # the edited text, only
+    again = {"decisions": [{"tool_call_id": mid, "approve": True}]}
+    async with http.post(guarded_conv(guarded, cid, "decisions"), json=again) as r:
+        assert await status_and_type(r) == (409, "ApprovalError")
+    async with http.get(guarded_conv(guarded, cid)) as r:
+        assert [m["content"] for m in (await r.json())["messages"]] == ["please wire 50 to Ada", "Sending 50."]
+
+
+async def test_a_paused_message_waits_through_a_restart(
+    store_and_spec: tuple[Store, str],  # noqa: F811
+    model: ModelClient,
+    server: TestServer,
+    http: aiohttp.ClientSession,
+) -> None:
+    store, _ = store_and_spec
+    cid = unique()
+    with LiveServer(create_app([guarded_agent()], store=store, client=model)) as url:
+        mid = await pause_message(http, url, cid)
+    with LiveServer(create_app([guarded_agent()], store=store, client=model)) as url:
+        async with http.get(guarded_conv(url, cid, "pending")) as r:
+            assert [(p["tool_call_id"], p["kind"]) for p in (await r.json())["pending"]] == [(mid, "message")]
+        server.script(Reply.text("Wiring after the restart."))
+        decision = {"decisions": [{"tool_call_id": mid, "approve": True}]}
+        async with http.post(guarded_conv(url, cid, "decisions"), json=decision) as r:
+            assert (await r.json())["final_output"] == "Wiring after the restart."
+    assert server.requests[-1].messages[-1]["content"] == "please wire 500 to Ada"
+
+
+async def test_a_declined_message_blocks_the_run(guarded: str, server: TestServer, http: aiohttp.ClientSession) -> None:
+    cid = unique()
+    mid = await pause_message(http, guarded, cid)
+    decline = {"decisions": [{"tool_call_id": mid, "approve": False, "message": "not today"}]}
+    async with http.post(guarded_conv(guarded, cid, "decisions"), json=decline) as r:
+        result = await r.json()
+    assert result["status"] == "blocked" and "not today" in result["final_output"]
+    assert server.requests == []
+    async with http.get(guarded_conv(guarded, cid, "pending")) as r:
+        assert (await r.json())["pending"] == []
+
+
+async def test_an_answer_blocked_mid_stream_never_shows_the_blocked_text(
+    guarded: str, server: TestServer, http: aiohttp.ClientSession
+) -> None:
+    cid = unique()
+    server.script(Reply.text("All good. Your code is 1234. Bye now.", chunks=8))
+    async with http.post(guarded_conv(guarded, cid, "messages"), json={"content": "hi"}, headers=SSE) as r:
+        seen = [e for _, e in await until_end(r)]
+    shown = "".join(e["delta"] for e in seen if e["type"] == "content_delta")
+    assert shown == "All good."
+    [block] = [e for e in seen if e["type"] == "guardrail"]
+    assert (block["stage"], block["action"], block["reason"], block["released"]) == (
+        "answer",
+        "block",
+        "it contains a code",
+        len(shown),
+    )
+    assert seen[-1]["status"] == "blocked"
+    assert seen[-1]["final_output"] == "I can't give that answer: it contains a code."
+
+
+async def test_a_typed_answer_is_an_object_in_the_result_and_the_stream(
+    guarded: str, server: TestServer, http: aiohttp.ClientSession
+) -> None:
+    forecast = {"city": "Lima", "temperature": 21, "summary": "sunny"}
+    async with http.get(f"{guarded}/api/agents") as r:
+        agents = {a["name"]: a for a in (await r.json())["agents"]}
+    assert agents["Guarded"]["output"] is None
+    output = agents["Weather"]["output"]
+    assert output["wrapped"] is False and set(output["schema"]["required"]) == set(forecast)
+    server.script(Reply.tool_calls(ToolCall("final_answer", forecast)))
+    async with http.post(guarded_conv(guarded, unique(), "messages", "Weather"), json={"content": "Lima?"}) as r:
+        result = await r.json()
+    assert result["status"] == "completed" and result["final_output"] == forecast
+    server.script(Reply.tool_calls(ToolCall("final_answer", forecast)))
+    async with http.post(
+        guarded_conv(guarded, unique(), "messages", "Weather"), json={"content": "Lima?"}, headers=SSE
+    ) as r:
+        end = (await until_end(r))[-1][1]
+    assert end["output"] == forecast  # the object, as JSON, not its Python repr
+    assert json.loads(end["final_output"]) == forecast
 
 
 @pytest.fixture

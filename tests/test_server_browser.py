@@ -1,5 +1,7 @@
 """The web chat in real headless Chromium: a streamed reply, approving, declining with a reason,
-editing arguments (checked against the tool's schema first), a reload mid-run, two tabs deciding.
+editing arguments (checked against the tool's schema first), a reload mid-run, two tabs deciding;
+the conversation's guardrails (a blocked, a redacted and a paused message, an answer blocked
+mid-stream or asked again) and a typed answer.
 
 Chromium is the system's (Debian's ``chromium``, installed by ``.ci/run``), driven by Playwright;
 no browser is downloaded. Without it these tests skip, except under ``CI=true``, where they fail.
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.server_fixtures import Gate, LiveServer, bank_agent, ledger_lines
+from tests.server_fixtures import Gate, LiveServer, bank_agent, guarded_agent, ledger_lines, typed_agent
 from timestep import ModelClient
 from timestep.server import create_app
 from timestep.testing import Reply, TestServer, ToolCall
@@ -57,7 +59,8 @@ def ledger(tmp_path: Path) -> Path:
 @pytest.fixture
 def site(tmp_path: Path, server: TestServer, ledger: Path) -> Iterator[str]:
     model = ModelClient(base_url=server.base_url, api_key="sk-test", max_retries=0)
-    app = create_app([bank_agent(ledger)], store=str(tmp_path / "conversations"), client=model)
+    agents = [bank_agent(ledger), guarded_agent(), typed_agent()]
+    app = create_app(agents, store=str(tmp_path / "conversations"), client=model)
     with LiveServer(app) as url:
         yield url
 
@@ -180,3 +183,106 @@ def test_a_handoff_shows_nested_and_a_guardrail_block_shows_why(page: Any, serve
     send(page, "Send 5 to Mallory")
     page.locator(".call.blocked", has_text="Mallory is on the sanctions list").wait_for()
     page.locator(".msg.assistant", has_text="I cannot do that.").wait_for()
+
+
+def talk_to(page: Any, agent: str) -> None:
+    page.select_option("#agent", agent)
+
+
+def test_a_blocked_message_shows_why_and_never_reaches_the_model(page: Any, server: TestServer) -> None:
+    talk_to(page, "Guarded")
+    send(page, "my password is hunter2")
+    page.locator(".msg.user.blocked", has_text="my password is hunter2").wait_for()
+    page.locator(".guardrail-note.block", has_text="never send passwords here").wait_for()
+    page.locator("#status", has_text="stopped by a guardrail").wait_for()
+    assert server.requests == []
+
+
+def test_a_redacted_message_shows_what_the_agent_got(page: Any, server: TestServer) -> None:
+    talk_to(page, "Guarded")
+    server.script(Reply.text("Noted."))
+    send(page, "card 4111 1111 1111 1111 is lost")
+    page.locator(".guardrail-note[data-stage=message]", has_text="screen_message changed your message").wait_for()
+    page.locator(".msg.user", has_text="card [card] is lost").wait_for()
+    page.locator(".msg.assistant", has_text="Noted.").wait_for()
+    page.reload()
+    page.locator(".msg.user", has_text="card [card] is lost").wait_for()  # as stored
+    assert "4111" not in page.locator("#transcript").inner_text()
+
+
+def test_approving_a_paused_message_with_an_edit(page: Any, server: TestServer) -> None:
+    talk_to(page, "Guarded")
+    send(page, "please wire 500 to Ada")
+    card = page.locator("#pending .card.message")
+    card.wait_for()
+    page.locator(".msg.held", has_text="waiting for a person").wait_for()
+    page.reload()  # the question comes from the session, not from this tab
+    card.wait_for()
+    assert "Let this message through to the agent?" in card.inner_text()
+    assert "please wire 500 to Ada" in card.locator(".args").inner_text()
+    page.locator(".msg.held", has_text="please wire 500 to Ada").wait_for()
+    card.get_by_role("button", name="Edit message").click()
+    card.get_by_label("Message text").fill("")
+    card.get_by_role("button", name="Approve the edited message").click()
+    card.locator(".problem", has_text="message.content must not be empty").wait_for()
+    assert server.requests == []
+    server.script(Reply.text("Wiring 50."))
+    card.get_by_label("Message text").fill("please wire 50 to Ada")
+    card.get_by_role("button", name="Approve the edited message").click()
+    page.locator(".msg.user:not(.held)", has_text="please wire 50 to Ada").wait_for()
+    page.locator(".msg.assistant", has_text="Wiring 50.").wait_for()
+    page.locator(".guardrail-note.approved", has_text="with edits").wait_for()
+    assert page.locator(".msg.held").count() == 0 and page.locator("#pending .card").count() == 0
+    assert server.requests[-1].messages[-1]["content"] == "please wire 50 to Ada"
+
+
+def test_declining_a_paused_message(page: Any, server: TestServer) -> None:
+    talk_to(page, "Guarded")
+    send(page, "wire everything to Mallory")
+    card = page.locator("#pending .card.message")
+    card.wait_for()
+    card.get_by_role("button", name="Decline").click()
+    card.get_by_label("Reason").fill("not today")
+    card.get_by_role("button", name="Decline with this reason").click()
+    page.locator(".guardrail-note.block", has_text="A person declined your message: not today").wait_for()
+    page.locator(".msg.held.declined", has_text="wire everything to Mallory").wait_for()
+    page.locator("#status", has_text="stopped by a guardrail").wait_for()
+    assert server.requests == []
+
+
+def test_an_answer_blocked_mid_stream_and_one_asked_again(page: Any, server: TestServer) -> None:
+    talk_to(page, "Guarded")
+    server.script(Reply.text("All good. Your code is 1234. Bye now.", chunks=8))
+    send(page, "hi")
+    page.locator(".guardrail-note.block", has_text="blocked by screen_answer: it contains a code").wait_for()
+    page.locator(".msg.assistant", has_text="I can't give that answer: it contains a code.").wait_for()
+    assert "after 9 characters" in page.locator(".guardrail-note.block").inner_text()
+    assert "1234" not in page.locator("#transcript").inner_text()  # never shown, not even for a moment
+    server.script(Reply.text("Maybe it works. Or not.", chunks=4), Reply.text("It works."))
+    send(page, "does it work?")
+    page.locator(".guardrail-note.retry", has_text="asked the agent for another answer: be sure").wait_for()
+    page.locator(".msg.assistant:not(.withdrawn)", has_text="It works.").wait_for()
+
+
+def test_a_typed_answer_reads_as_its_fields(page: Any, server: TestServer) -> None:
+    talk_to(page, "Weather")
+    forecast = {"city": "Lima", "temperature": 21, "summary": "sunny"}
+    server.script(Reply.tool_calls(ToolCall("final_answer", forecast)))
+    send(page, "Weather in Lima?")
+    answer = page.locator(".msg.assistant.typed")
+    answer.wait_for()
+    for _ in range(2):  # as it streams, and as stored after a reload
+        assert answer.locator(".type-name").inner_text() == "answer: Forecast"
+        assert answer.locator("dt").all_inner_texts() == ["city", "temperature", "summary"]
+        assert answer.locator("dd").all_inner_texts() == ["Lima", "21", "sunny"]
+        assert page.locator(".call").count() == 0  # the final-answer tool is how it came, not a call to show
+        assert page.locator(".msg.assistant").count() == 1
+        page.reload()
+        answer.wait_for()
+
+
+def test_an_event_kind_the_page_does_not_know_is_shown_as_it_came(page: Any) -> None:
+    page.evaluate("onEvent({type: 'something_new', agent: 'Bank', depth: 0, detail: 42})")
+    shown = page.locator("details.event[data-type=something_new]")
+    assert shown.locator("summary").inner_text() == "something_new (Bank)"
+    assert '"detail": 42' in shown.locator("pre").text_content()

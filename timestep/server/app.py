@@ -30,6 +30,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic_core import to_jsonable_python
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 
@@ -90,7 +91,7 @@ class Server:
 
     async def pending(self, agent: Agent, session: Session) -> list[schemas.Pending]:
         return [
-            schemas.Pending(**i.as_dict(), parameters=tool_parameters(agent, i.agent, i.tool_name))
+            schemas.Pending(**i.as_dict(), parameters=parameters_of(agent, i.agent, i.tool_name, i.kind))
             for i in await pending_interruptions(agent, session, self.config)
         ]
 
@@ -154,6 +155,22 @@ def _by_name(agents: list[Agent]) -> dict[str, Agent]:
             raise ConfigurationError(f"two agents are named {agent.name!r}: names pick the agent in the API")
         served[agent.name] = agent
     return served
+
+
+MESSAGE_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {"content": {"type": "string", "minLength": 1, "maxLength": schemas.MAX_TEXT}},
+    "required": ["content"],
+    "additionalProperties": False,
+}
+"""What an edited user message must be: ``{"content": text}``, as a paused message's ``args`` are."""
+
+
+def parameters_of(root: Agent, agent_name: str, tool_name: str, kind: str) -> dict[str, Any] | None:
+    """The schema a decision's edited arguments must fit: the tool's, or a message's for a paused message."""
+    if kind == "message":
+        return MESSAGE_PARAMETERS
+    return tool_parameters(root, agent_name, tool_name)
 
 
 def tool_parameters(root: Agent, agent_name: str, tool_name: str) -> dict[str, Any] | None:
@@ -452,7 +469,12 @@ def _agent_info(agent: Agent) -> schemas.AgentInfo:
         tools.append(
             schemas.ToolInfo(name=fn["name"], description=fn.get("description"), parameters=fn.get("parameters") or {})
         )
-    return schemas.AgentInfo(name=agent.name, model=agent.model, tools=tools, handoffs=[h.name for h in agent.handoffs])
+    output = None
+    if agent.output is not None:
+        output = schemas.OutputInfo(name=agent.output.name, schema=agent.output.schema, wrapped=agent.output.wrapped)
+    return schemas.AgentInfo(
+        name=agent.name, model=agent.model, tools=tools, handoffs=[h.name for h in agent.handoffs], output=output
+    )
 
 
 async def _answer(request: Request, run: Run, conversation_id: str, background: bool) -> Any:
@@ -478,4 +500,12 @@ async def _follow_sse(event_log: EventLog, after: int, until: Run | None) -> Asy
 
 
 def _frame(event_log: EventLog, n: int, event: dict[str, Any]) -> ServerSentEvent:
-    return ServerSentEvent(data=json.dumps(event, ensure_ascii=False, default=str), id=event_log.event_id(n))
+    return ServerSentEvent(data=json.dumps(event, ensure_ascii=False, default=_jsonable), id=event_log.event_id(n))
+
+
+def _jsonable(value: Any) -> Any:
+    """A typed final answer (``run_end``'s ``output``: a pydantic model, a dataclass...) as JSON data."""
+    try:
+        return to_jsonable_python(value)
+    except Exception:  # pydantic cannot say: its text, rather than a failed stream
+        return str(value)

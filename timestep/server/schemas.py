@@ -36,11 +36,21 @@ class ToolInfo(BaseModel):
     parameters: dict[str, Any]
 
 
+class OutputInfo(BaseModel):
+    """An agent's typed final answer (``output_type``): its JSON schema, and whether the answer is
+    wrapped as ``{"value": ...}`` (a type whose schema is not an object)."""
+
+    name: str
+    schema_: dict[str, Any] = Field(alias="schema", serialization_alias="schema")
+    wrapped: bool
+
+
 class AgentInfo(BaseModel):
     name: str
     model: str
     tools: list[ToolInfo]
     handoffs: list[str]
+    output: OutputInfo | None = Field(default=None, description="The typed final answer, if the agent has one")
 
 
 class AgentList(BaseModel):
@@ -64,14 +74,19 @@ class ConversationList(BaseModel):
 
 
 class Pending(BaseModel):
-    """A call waiting for a person, with the tool's argument schema (to check edited arguments against)."""
+    """A call or a user message waiting for a person, with the schema edited arguments must fit.
+
+    A paused user message (a message guardrail asked a person) has ``kind == "message"``,
+    ``tool_name == "message"`` and ``args == {"content": text}``; it is decided as a call is, and
+    approving it with ``args == {"content": edited}`` sends the edited text instead.
+    """
 
     tool_call_id: str
     tool_name: str
     args: dict[str, Any]
     prompt: str
     agent: str
-    kind: Literal["approval", "unknown_outcome"]
+    kind: Literal["approval", "unknown_outcome", "message"]
     parameters: dict[str, Any] | None
 
 

@@ -7,7 +7,8 @@
 // from the server is shown with textContent, never as HTML.
 "use strict";
 
-const state = { agent: null, conversation: null, follower: null, snapshot: [], live: null, tools: {} };
+const state = { agent: null, conversation: null, follower: null, snapshot: [], live: null, tools: {}, outputs: {}, sent: null };
+const FINAL_ANSWER = "final_answer"; // the tool a typed answer may come through (output_type)
 const $ = (id) => document.getElementById(id);
 
 function el(tag, cls, text) {
@@ -75,7 +76,10 @@ async function loadAgents() {
   const { agents } = await response.json();
   const select = $("agent");
   select.replaceChildren(...agents.map((a) => el("option", null, a.name)));
-  for (const a of agents) state.tools[a.name] = Object.fromEntries(a.tools.map((t) => [t.name, t.parameters]));
+  for (const a of agents) {
+    state.tools[a.name] = Object.fromEntries(a.tools.map((t) => [t.name, t.parameters]));
+    state.outputs[a.name] = a.output || null;
+  }
   const wanted = new URLSearchParams(location.hash.slice(1));
   state.agent = agents.some((a) => a.name === wanted.get("agent")) ? wanted.get("agent") : agents[0].name;
   select.value = state.agent;
@@ -124,7 +128,8 @@ async function openConversation(id) {
   if (!response.ok) return setStatus((await errorOf(response)).message, true);
   const shown = await response.json();
   state.live = null;
-  for (const m of shown.messages) renderMessage(m, $("transcript"));
+  state.sent = null;
+  for (const m of shown.messages) renderMessage(m, $("transcript"), state.agent);
   state.snapshot = shown.messages.slice(-20).map((m) => JSON.stringify(m));
   renderPending(shown.pending);
   setStatus(shown.running ? "running…" : "");
@@ -210,11 +215,12 @@ function onEvent(event) {
         state.live.node.remove();
         state.live = null;
       }
-      renderMessage(event.message, where);
+      renderMessage(event.message, where, event.agent);
       break;
     }
     case "tool_call":
       callBlock(event.tool_call_id, event.name, event.arguments, where);
+      if (event.retry) note(event.tool_call_id, "running again: the server stopped while it ran");
       break;
     case "tool_result":
       settle(event.tool_call_id, "done", event.result);
@@ -225,9 +231,20 @@ function onEvent(event) {
     case "guardrail_blocked":
       settle(event.tool_call_id, "blocked", `blocked by ${event.guardrail}: ${event.reason}`);
       break;
+    case "guardrail_modified":
+      note(event.tool_call_id, `${event.guardrail} changed ${event.stage === "input" ? "the arguments" : "the result"}`);
+      if (event.stage === "input") callBlock(event.tool_call_id, event.name, event.arguments, where);
+      break;
+    case "guardrail":
+      conversationGuardrail(event, where);
+      break;
     case "interrupt":
-      settle(event.tool_call_id, "waiting", event.prompt);
+      if (event.kind === "message") heldMessage(event.tool_call_id, event.arguments.content, where);
+      else settle(event.tool_call_id, "waiting", event.prompt);
       refreshPending();
+      break;
+    case "approval":
+      approvalRecorded(event, where);
       break;
     case "handoff_start": {
       const nested = el("div", "nested");
@@ -236,20 +253,136 @@ function onEvent(event) {
       where.append(nested);
       break;
     }
-    case "handoff_end":
+    case "handoff_end": {
+      const nested = container((event.depth || 0) + 1);
+      if (nested !== where && event.status !== "completed") nested.append(el("div", "label", `${event.target}: ${event.status}`));
       break;
+    }
     case "error":
       where.append(el("div", "banner", `${event.error_type}: ${event.error}`));
       break;
     case "run_end":
+      if (event.output !== undefined && event.output !== null) typedInPlace(event, where);
       if (!event.depth) {
-        setStatus(event.status === "interrupted" ? "waiting for a decision" : "");
+        state.sent = null;
+        setStatus(RUN_STATUS[event.status] ?? event.status);
         refreshPending();
         loadConversations();
       }
       break;
+    default: {
+      // A kind this page does not know yet: shown as it came, folded.
+      const box = el("details", "event");
+      box.dataset.type = String(event.type);
+      box.append(el("summary", null, `${event.type} (${event.agent || "?"})`), el("pre", null, JSON.stringify(event, null, 2)));
+      where.append(box);
+    }
   }
   scrollDown();
+}
+
+const RUN_STATUS = { completed: "", interrupted: "waiting for a decision", blocked: "stopped by a guardrail", error: "the run failed" };
+
+// -- the conversation's guardrails (on the user's message and on the answer) -------------------
+
+function conversationGuardrail(event, where) {
+  const why = event.reason ? `: ${event.reason}` : "";
+  let text;
+  if (event.stage === "message" && event.action === "block") {
+    if (state.sent !== null && !event.depth) where.append(el("div", "msg user blocked", state.sent));
+    text = `Your message was blocked by ${event.guardrail}${why}. The agent never saw it.`;
+  } else if (event.stage === "message") {
+    text = `${event.guardrail} changed your message before the agent saw it${why}. The agent got:`;
+  } else {
+    const draft = state.live && state.live.node.isConnected ? state.live.node : null;
+    if (event.action === "block") {
+      if (draft) draft.remove();
+      const shown = event.released ? `after ${event.released} characters; nothing after them was shown` : "before any of it was shown";
+      text = `The answer was blocked by ${event.guardrail}${why}, ${shown}.`;
+    } else if (event.action === "retry") {
+      if (draft) draft.classList.replace("streaming", "withdrawn");
+      text = `${event.guardrail} asked the agent for another answer${why}.`;
+    } else {
+      text = `${event.guardrail} changed the answer${why}.`;
+    }
+    state.live = null;
+  }
+  const box = el("div", `guardrail-note ${event.action}`, text);
+  box.dataset.stage = event.stage;
+  where.append(box);
+}
+
+function heldMessage(id, content, where) {
+  if (document.querySelector(`.msg.held[data-id="${CSS.escape(id)}"]`)) return;
+  const bubble = el("div", "msg user held");
+  bubble.dataset.id = id;
+  bubble.append(el("span", "text", content), el("span", "hold", "waiting for a person's approval"));
+  where.append(bubble);
+}
+
+function approvalRecorded(event, where) {
+  if (event.name === "message" && String(event.tool_call_id).startsWith("msg_")) {
+    const held = document.querySelector(`.msg.held[data-id="${CSS.escape(event.tool_call_id)}"]`);
+    if (event.approved) {
+      if (held) held.remove(); // the message, as approved (or edited), comes next
+      const edited = event.edited_arguments ? " with edits" : "";
+      where.append(el("div", "guardrail-note approved", `A person let your message through${edited}.`));
+    } else {
+      if (held) {
+        held.classList.add("declined");
+        held.querySelector(".hold").textContent = "declined";
+      }
+      const why = event.message ? `: ${event.message}` : "";
+      where.append(el("div", "guardrail-note block", `A person declined your message${why}. The agent never saw it.`));
+    }
+    return;
+  }
+  if (event.edited_arguments) {
+    callBlock(event.tool_call_id, event.name, event.edited_arguments, where);
+    note(event.tool_call_id, "approved with edited arguments");
+  } else if (event.approved) note(event.tool_call_id, "approved");
+}
+
+function note(id, text) {
+  const block = document.querySelector(`.call[data-id="${CSS.escape(id)}"]`);
+  if (block) block.insertBefore(el("div", "note", text), block.querySelector(".state"));
+}
+
+// -- typed answers (output_type) ---------------------------------------------------------------
+
+function typedAnswer(value, name) {
+  const box = el("div", "msg assistant typed");
+  box.append(el("div", "type-name", name ? `answer: ${name}` : "answer"));
+  if (value !== null && typeof value === "object" && !Array.isArray(value)) {
+    const table = el("dl");
+    for (const [key, v] of Object.entries(value)) {
+      table.append(el("dt", null, key));
+      const cell = el("dd");
+      if (v !== null && typeof v === "object") cell.append(el("pre", null, JSON.stringify(v, null, 2)));
+      else cell.textContent = String(v);
+      table.append(cell);
+    }
+    box.append(table);
+  } else if (Array.isArray(value)) box.append(el("pre", null, JSON.stringify(value, null, 2)));
+  else box.append(el("div", "value", String(value)));
+  return box;
+}
+
+function parseTyped(text, output) {
+  // A stored typed answer is its JSON text; a wrapped one (a type that is not an object) is {"value": ...}.
+  try {
+    const data = JSON.parse(text);
+    if (output.wrapped) return data !== null && typeof data === "object" && "value" in data ? { value: data.value } : null;
+    return { value: data };
+  } catch {
+    return null;
+  }
+}
+
+function typedInPlace(event, where) {
+  // A delegate's typed answer (its agent is not served here, so the page learns its type now).
+  const last = [...where.querySelectorAll(":scope > .msg.assistant:not(.typed)")].pop();
+  if (last && last.textContent === event.final_output) last.replaceWith(typedAnswer(event.output, null));
 }
 
 function scrollDown() {
@@ -259,11 +392,15 @@ function scrollDown() {
 
 // -- drawing messages and calls ----------------------------------------------------------------
 
-function renderMessage(m, where) {
+function renderMessage(m, where, agent) {
+  const output = state.outputs[agent] || null;
   if (m.role === "user") where.append(el("div", "msg user", m.content));
   else if (m.role === "assistant") {
-    if (m.content) where.append(el("div", "msg assistant", m.content));
+    const typed = output && m.content ? parseTyped(m.content, output) : null;
+    if (typed) where.append(typedAnswer(typed.value, output.name));
+    else if (m.content) where.append(el("div", "msg assistant", m.content));
     for (const call of m.tool_calls || []) {
+      if (output && call.function.name === FINAL_ANSWER) continue; // the typed answer follows as a message
       let args = call.function.arguments;
       try {
         args = JSON.parse(args);
@@ -317,21 +454,29 @@ function renderPending(pending) {
       markTaken(card, "Decided elsewhere (another person, tab or program).");
     }
   }
-  for (const p of pending) if (!shown.has(p.tool_call_id)) box.append(approvalCard(p));
+  for (const p of pending) {
+    if (p.kind === "message") heldMessage(p.tool_call_id, p.args.content, $("transcript"));
+    if (!shown.has(p.tool_call_id)) box.append(approvalCard(p));
+  }
 }
 
 function approvalCard(p) {
-  const card = el("div", "card");
+  // A paused user message (kind "message") is decided as a call is; its "arguments" are {content}.
+  const isMessage = p.kind === "message";
+  const card = el("div", isMessage ? "card message" : "card");
   card.dataset.id = p.tool_call_id;
+  const what = isMessage
+    ? `A message to ${p.agent} waits for a person before the agent sees it`
+    : `${p.agent} wants to call ${p.tool_name}` + (p.kind === "unknown_outcome" ? " again (it may already have run)" : "");
   card.append(
-    el("div", "prompt", p.prompt || `Run ${p.tool_name}?`),
-    el("div", "tool", `${p.agent} wants to call ${p.tool_name}` + (p.kind === "unknown_outcome" ? " again (it may already have run)" : "")),
-    el("pre", "args", JSON.stringify(p.args, null, 2)),
+    el("div", "prompt", p.prompt || (isMessage ? "Let this message through?" : `Run ${p.tool_name}?`)),
+    el("div", "tool", what),
+    el("pre", "args", isMessage ? p.args.content : JSON.stringify(p.args, null, 2)),
   );
   const actions = el("div", "actions");
   const approve = el("button", "primary", "Approve");
   const decline = el("button", "danger", "Decline");
-  const edit = el("button", null, "Edit arguments");
+  const edit = el("button", null, isMessage ? "Edit message" : "Edit arguments");
   const problem = el("div", "problem");
   const extra = el("div");
   approve.type = decline.type = edit.type = "button";
@@ -352,6 +497,7 @@ function approvalCard(p) {
     reason.focus();
   };
   edit.onclick = () => {
+    if (isMessage) return extra.replaceChildren(...editMessage(p, card, problem));
     const area = el("textarea");
     area.rows = 6;
     area.value = JSON.stringify(p.args, null, 2);
@@ -376,6 +522,25 @@ function approvalCard(p) {
     extra.replaceChildren(area, send);
   };
   return card;
+}
+
+function editMessage(p, card, problem) {
+  const area = el("textarea");
+  area.rows = 4;
+  area.value = p.args.content;
+  area.setAttribute("aria-label", "Message text");
+  const send = el("button", "primary", "Approve the edited message");
+  send.type = "button";
+  send.onclick = () => {
+    const args = { content: area.value };
+    const wrong = checkSchema(p.parameters || {}, args, "message");
+    if (wrong.length) {
+      problem.textContent = wrong.join("; ");
+      return;
+    }
+    decide(card, { tool_call_id: p.tool_call_id, approve: true, args });
+  };
+  return [area, send];
 }
 
 async function decide(card, decision) {
@@ -429,6 +594,10 @@ function checkSchema(schema, value, where, root = schema) {
   };
   if (types.length && !types.some((t) => is[t] && is[t](value))) return [`${where} must be ${types.join(" or ")}`];
   if (schema.enum && !schema.enum.some((e) => JSON.stringify(e) === JSON.stringify(value))) problems.push(`${where} must be one of ${schema.enum.map((e) => JSON.stringify(e)).join(", ")}`);
+  if (typeof value === "string") {
+    if (schema.minLength !== undefined && value.length < schema.minLength) problems.push(schema.minLength === 1 ? `${where} must not be empty` : `${where} must have at least ${schema.minLength} characters`);
+    if (schema.maxLength !== undefined && value.length > schema.maxLength) problems.push(`${where} must have at most ${schema.maxLength} characters`);
+  }
   if (typeof value === "number") {
     if (schema.minimum !== undefined && value < schema.minimum) problems.push(`${where} must be at least ${schema.minimum}`);
     if (schema.maximum !== undefined && value > schema.maximum) problems.push(`${where} must be at most ${schema.maximum}`);
@@ -457,8 +626,12 @@ async function send(event) {
     if (!made.ok) return setStatus((await errorOf(made)).message, true);
     await openConversation((await made.json()).conversation_id);
   }
+  state.sent = content; // shown again if a guardrail blocks it (a blocked message is not stored)
   const response = await api(`${convPath("messages")}?background=true`, { method: "POST", json: { content } });
-  if (!response.ok) return setStatus((await errorOf(response)).message, true);
+  if (!response.ok) {
+    state.sent = null;
+    return setStatus((await errorOf(response)).message, true);
+  }
   input.value = "";
 }
 
