@@ -851,8 +851,8 @@ def test_chat_offline_needs_no_key_and_calls_a_named_tool(runner: CliRunner, age
     assert result.exit_code == 0, result.output
     assert "built-in offline model" in result.output
     assert "You said: hello there" in result.output
-    assert '-> get_weather(city="please get_weather for Oslo")' in result.output
-    assert "The tool answered: please get_weather for Oslo: sunny, 21C" in result.output
+    assert '-> get_weather(city="Oslo")' in result.output
+    assert "The tool answered: Oslo: sunny, 21C" in result.output
     assert "--offline" in resume_args(result.output)
 
 
@@ -917,6 +917,22 @@ def test_the_readme_transcript_matches_a_real_run(server: TestServer, tmp_path: 
     session = "\n".join(typed) + "\n"
     assert timestep(command.removeprefix("$ timestep "), session) == normal("\n".join(shown))
     assert timestep("sessions list") == normal(list_part.strip())
+
+
+def test_the_readme_agents_chat_offline_as_the_transcript_shows(tmp_path: Path, store: Path) -> None:
+    """No key, no server: the built-in offline model calls the tool for both questions of the transcript."""
+    section = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    agents = re.search(r"```python\n# file: agents.py\n(.*?)```", section, re.S)
+    assert agents
+    (tmp_path / "agents.py").write_text(agents[1])
+    args = ["chat", f"{tmp_path / 'agents.py'}:assistant", "--offline", "--store", str(store)]
+    result = CliRunner().invoke(cli, args, input="Weather in Lima?\nAnd in Oslo?\nn\nnot needed after all\n")
+    assert result.exit_code == 0, result.output
+    lines = [line.rstrip() for line in result.output.splitlines()]
+    assert '  -> get_weather(city="Lima")' in lines and "    <- Sunny in Lima" in lines
+    assert '    || approval needed: get_weather(city="Oslo") (Assistant)' in lines
+    assert "    x declined: not needed after all" in lines
+    assert "Sunny in Oslo" not in result.output
 
 
 def test_run_gives_the_agent_an_mcp_servers_tools(
