@@ -22,7 +22,27 @@ from .server import Reply, ToolCall, _arguments_for
 
 # Words of a tool's name that say what it does rather than what it is about: "get" in get_weather.
 _VERBS = frozenset(
-    "get set list fetch find search lookup look read create add delete remove update run do make send check".split()
+    [
+        "get",
+        "set",
+        "list",
+        "fetch",
+        "find",
+        "search",
+        "lookup",
+        "look",
+        "read",
+        "create",
+        "add",
+        "delete",
+        "remove",
+        "update",
+        "run",
+        "do",
+        "make",
+        "send",
+        "check",
+    ]
 )
 _PLACE = re.compile(r"\b(?:in|for|at|of)\s+((?:[A-Z][\w'-]*)(?:\s+[A-Z][\w'-]*)*)")
 
@@ -74,7 +94,7 @@ def _named(functions: list[dict[str, Any]], text: str) -> dict[str, Any] | None:
 
 
 def _followed_up(functions: list[dict[str, Any]], messages: list[dict[str, Any]], text: str) -> dict[str, Any] | None:
-    """"And in Oslo?" after a turn that called a tool: the same tool again."""
+    """ "And in Oslo?" after a turn that called a tool: the same tool again."""
     if not re.match(r"\s*and\b", text, re.IGNORECASE):
         return None
     called = [
