@@ -405,6 +405,7 @@ async def test_deleting_with_delegates_takes_only_its_own_delegates(store_and_sp
     victim = unique("victim")
     own = [("A", victim), ("B", f"{victim}~a"), ("C", f"{victim}~a~b"), ("D", f"{victim}~a~b~c")]
     others = [
+        ("Other", f"{victim}~a"),  # named like a delegate of A's, but A never transferred to Other
         ("Other", f"{victim}~abc"),  # another agent whose slug starts like A's
         ("B", f"{victim}~ab"),
         ("B", f"{victim}~other"),  # the delegate of another agent's side of the conversation
@@ -412,7 +413,17 @@ async def test_deleting_with_delegates_takes_only_its_own_delegates(store_and_sp
         ("A", f"{victim}x"),
         ("A", f"x{victim}~a"),
     ]
-    for agent, conversation in own + others:
+    # Each side of the chain transferred to the next, as a run stores it.
+    for (agent, conversation), (callee, _) in zip(own, [*own[1:], ("nobody", "")], strict=True):
+        call = {
+            "id": f"call_{agent}",
+            "type": "function",
+            "function": {"name": f"transfer_to_{callee.lower()}", "arguments": "{}"},
+        }
+        await store.session(agent, conversation).add_items(
+            [user("hi"), {"role": "assistant", "content": None, "tool_calls": [call]}]
+        )
+    for agent, conversation in others:
         await store.session(agent, conversation).add_items([user("hi")])
     delegates = {(c.agent_name, c.conversation_id) for c in await store.delegates("A", victim)}
     assert delegates == set(own[1:])

@@ -180,11 +180,15 @@ class ModelClient:
                 )
             done = False
             try:
-                async for event, data in _server_sent_events(response.content):
-                    if data == "[DONE]":
-                        done = True
+                events = _EventStream()
+                async for piece in response.content.iter_any():
+                    for event, data in events.feed(piece):
+                        if data == "[DONE]":
+                            done = True
+                            break
+                        yield self._chunk(event, data)
+                    if done:
                         break
-                    yield self._chunk(event, data)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise ModelResponseError(
                     self._redact(f"the stream broke off before it finished: {self._describe(exc)}")
@@ -319,28 +323,38 @@ def _timeouts(timeout: Any) -> tuple[float, float]:
     return read_s, float(connect) if isinstance(connect, int | float) else min(read_s, 10.0)
 
 
-async def _server_sent_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, str]]:
-    """``(event, data)`` for each event of a ``text/event-stream``, as the WHATWG spec reads it.
+class _EventStream:
+    """The events of a ``text/event-stream``, as the WHATWG spec reads it, fed piece by piece.
 
     Lines end in CRLF, LF or CR; ``:`` starts a comment; ``data`` lines of one event join with
     ``\\n``; a blank line dispatches; an event without data is dropped. Lines are split as bytes
-    before decoding, so a UTF-8 character cut across two network reads stays whole.
+    before decoding, so a UTF-8 character cut across two network reads stays whole. A plain method
+    rather than an async generator: one fewer suspension per chunk on the streaming hot path.
     """
-    tail = b""
-    event = ""
-    data: list[str] = []
-    async for piece in content.iter_any():
-        buffer = tail + piece
+
+    __slots__ = ("_data", "_event", "_tail")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, piece: bytes) -> list[tuple[str, str]]:
+        """The ``(event, data)`` pairs this network read completes."""
+        buffer = self._tail + piece
         hold = b""
         if buffer.endswith(b"\r"):  # maybe the first half of a CRLF
             buffer, hold = buffer[:-1], b"\r"
         lines = _LINE_END.split(buffer)
-        tail = lines.pop() + hold
+        self._tail = lines.pop() + hold
+        out: list[tuple[str, str]] = []
+        data = self._data
         for raw in lines:
             if not raw:
                 if data:
-                    yield event or "message", "\n".join(data)
-                event, data = "", []
+                    out.append((self._event or "message", "\n".join(data)))
+                    data = self._data = []
+                self._event = ""
                 continue
             line = raw.decode("utf-8", "replace")
             name, _, value = line.partition(":")
@@ -351,7 +365,8 @@ async def _server_sent_events(content: aiohttp.StreamReader) -> AsyncIterator[tu
             if name == "data":
                 data.append(value)
             elif name == "event":
-                event = value
+                self._event = value
+        return out
 
 
 async def _close_at_shutdown(session: aiohttp.ClientSession) -> AsyncIterator[None]:

@@ -53,14 +53,46 @@ class Store(ABC):
     async def delegates(self, agent_name: str, conversation_id: str) -> list[ConversationInfo]:
         """The conversations of this one's delegates (handoffs), nested ones included.
 
-        A delegate's conversation id is ``<conversation>~<caller agent's slug>``, and its own
-        delegates add ``~<slug>`` again; so a delegate id is this conversation's id, ``~``, this
-        agent's slug, then either nothing or another ``~``. Without that last separator,
-        ``victim~abc`` of another agent would pass for a delegate of agent ``A`` of ``victim``.
+        A delegate's conversation id is ``<conversation>~<caller agent's slug>`` (its own delegates add
+        ``~<slug>`` again), but a name is not proof: any agent may hold a conversation so named. So a
+        conversation counts as a delegate's only when its caller's side really transferred to that
+        agent (a ``transfer_to_<agent>`` call stored there), followed down from this conversation.
         """
-        return [
-            c for c in await self.list_conversations() if is_delegate_of(c.conversation_id, agent_name, conversation_id)
-        ]
+        from ..handoffs import delegate_conversation_id
+
+        by_id: dict[str, list[ConversationInfo]] = {}
+        for c in await self.list_conversations():
+            by_id.setdefault(c.conversation_id, []).append(c)
+        found: list[ConversationInfo] = []
+        callers = [(agent_name, conversation_id)]
+        while callers:
+            caller, conversation = callers.pop()
+            candidates = by_id.get(delegate_conversation_id(conversation, caller), [])
+            called = await self._transfers(caller, conversation) if candidates else set()
+            for c in candidates:
+                if _transfer_tool(c.agent_name) in called and c not in found:
+                    found.append(c)
+                    callers.append((c.agent_name, c.conversation_id))
+        return found
+
+    async def _transfers(self, agent_name: str, conversation_id: str) -> set[str]:
+        """The transfer tools this side of the conversation called."""
+        from ..handoffs import TRANSFER_PREFIX
+
+        session = self.session(agent_name, conversation_id)
+        try:
+            items = await session.get_items()
+        finally:
+            await session.close()
+        return {
+            str(name)
+            for m in items
+            if m.get("role") == "assistant"
+            for call in m.get("tool_calls") or ()
+            if isinstance(call, dict)
+            and isinstance(name := (call.get("function") or {}).get("name"), str)
+            and name.startswith(TRANSFER_PREFIX)
+        }
 
     async def delete_with_delegates(self, agent_name: str, conversation_id: str) -> list[ConversationInfo]:
         """Delete a conversation and its delegates' conversations (and only those); what was deleted."""
@@ -68,8 +100,8 @@ class Store(ABC):
             c
             for c in await self.list_conversations()
             if (c.agent_name, c.conversation_id) == (agent_name, conversation_id)
-            or is_delegate_of(c.conversation_id, agent_name, conversation_id)
         ]
+        doomed += await self.delegates(agent_name, conversation_id)
         return [c for c in doomed if await self.delete(c.agent_name, c.conversation_id)]
 
     @abstractmethod
@@ -149,12 +181,15 @@ class PostgresStore(Store):
         await PostgresSession.close_pools(self.url)
 
 
-def is_delegate_of(candidate: str, agent_name: str, conversation_id: str) -> bool:
-    """Whether ``candidate`` names the conversation of a delegate (at any depth) of this agent's conversation."""
-    from ..handoffs import delegate_conversation_id  # at call time: handoffs imports the sessions package
+def _transfer_tool(agent_name: str) -> str | None:
+    """The tool that transfers to this agent; None for a name no transfer tool can be built from."""
+    from ..exceptions import ConfigurationError
+    from ..handoffs import handoff_tool_name  # at call time: handoffs imports the sessions package
 
-    own = delegate_conversation_id(conversation_id, agent_name)
-    return candidate == own or candidate.startswith(own + "~")
+    try:
+        return handoff_tool_name(agent_name)
+    except ConfigurationError:
+        return None
 
 
 def open_store(spec: str | os.PathLike[str]) -> Store:
