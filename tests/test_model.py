@@ -189,6 +189,29 @@ async def test_an_echoed_key_is_redacted_from_every_error(server: TestServer) ->
     await client.aclose()
 
 
+async def test_a_key_echoed_cut_or_starred_is_redacted_too(server: TestServer) -> None:
+    """Proxies echo keys less their last characters, or with stars in the middle: those pieces go too."""
+    client = ModelClient(base_url=server.base_url, api_key=SECRET, max_retries=0)
+    cut, head, tail = SECRET[:-4], SECRET[: len(SECRET) // 2], SECRET[len(SECRET) // 2 :]
+    server.script(Reply.error(401, f"Incorrect API key provided: {cut}****; also {head}...{tail[:-2]}"))
+    with pytest.raises(ModelHTTPError) as caught:
+        await client.complete(BODY)
+    text = str(caught.value) + caught.value.body
+    assert "Incorrect API key provided: ***" in text
+    for piece in (cut, head, tail[:-2], SECRET[4:20]):
+        assert piece not in text, text
+    await client.aclose()
+
+
+async def test_an_empty_body_that_should_be_json_says_so(server: TestServer) -> None:
+    client = ModelClient(base_url=server.base_url, api_key="k", max_retries=0)
+    server.script(Reply.raw(200, ""))
+    with pytest.raises(ModelResponseError) as caught:
+        await client.complete(BODY)
+    assert str(caught.value).endswith("answered with invalid JSON: (empty body)"), str(caught.value)
+    await client.aclose()
+
+
 async def test_an_echoed_key_never_reaches_the_store_or_the_events(server: TestServer, store: Path) -> None:
     """A delegate's model call fails with the key echoed in the 401 body; the caller stores that error
     as the transfer's tool result and goes on. Neither the events nor any stored file hold the key."""

@@ -155,7 +155,9 @@ class ModelClient:
             data = json.loads(raw)
         except ValueError as exc:
             raise ModelResponseError(
-                self._redact(f"{self.base_url}/chat/completions answered with invalid JSON: {_snippet(raw)}")
+                self._redact(
+                    f"{self.base_url}/chat/completions answered with invalid JSON: {_snippet(raw) or '(empty body)'}"
+                )
             ) from exc
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
             raise ModelResponseError(
@@ -278,7 +280,7 @@ class ModelClient:
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets():
-            text = text.replace(secret, REDACTED)
+            text = _hide(text, secret)
         return text
 
     def _secrets(self) -> list[str]:
@@ -374,6 +376,42 @@ async def _close_at_shutdown(session: aiohttp.ClientSession) -> AsyncIterator[No
         yield
     finally:
         await session.close()
+
+
+def _hide(text: str, secret: str) -> str:
+    """``text`` with the secret, and any long enough piece of it, replaced by ``REDACTED``.
+
+    A server that echoes a key often echoes it cut (``sk-proj-abc...xyz`` less its last characters, or
+    with stars in the middle), so hiding the whole key is not enough: any run of a quarter of it, or
+    of eight characters if that is more, goes too (a key's shared prefix alone, ``sk-proj-``, may go
+    with it: hiding too much is the safe side).
+    """
+    if secret in text:
+        text = text.replace(secret, REDACTED)
+    window = min(len(secret), max(8, len(secret) // 4))
+    spans: list[tuple[int, int]] = []
+    for i in range(len(secret) - window + 1):
+        at = text.find(secret[i : i + window])
+        while at >= 0:
+            start, end, j = at, at + window, i + window
+            while end < len(text) and j < len(secret) and text[end] == secret[j]:
+                end, j = end + 1, j + 1
+            k = i
+            while start > 0 and k > 0 and text[start - 1] == secret[k - 1]:
+                start, k = start - 1, k - 1
+            spans.append((start, end))
+            at = text.find(secret[i : i + window], at + 1)
+    if not spans:
+        return text
+    out, last = [], 0
+    for start, end in sorted(spans):
+        if start < last:  # overlaps the previous span: it is already hidden up to ``last``
+            if end > last:
+                last = end
+            continue
+        out += [text[last:start], REDACTED]
+        last = end
+    return "".join([*out, text[last:]])
 
 
 def _snippet(value: Any, limit: int = 300) -> str:
