@@ -85,6 +85,12 @@ async def crash(after: float = 0.0) -> str:
 
 
 @server.tool(annotations=READ_ONLY)
+def weather(city: str) -> dict[str, str]:
+    """The weather in a city, as a seed-style tool returns it."""
+    return {"result": f"Sunny in {city}"}
+
+
+@server.tool(annotations=READ_ONLY)
 def fail(reason: str) -> str:
     """Always fails with the given reason."""
     raise ToolError(reason)

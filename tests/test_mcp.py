@@ -143,15 +143,19 @@ async def test_results_errors_and_bad_arguments(
                 ToolCall("picture", {}),
                 ToolCall("fail", {"reason": "the disk is full"}),
                 ToolCall("add", {"a": "two"}),
+                ToolCall("weather", {"city": "Lima"}),
             ),
             Reply.text("ok"),
         )
         result = await run_agent(agent, GO, session(store), client=client)
-    add, picture, fail, bad = result["tool_calls"]
+    add, picture, fail, bad, weather = result["tool_calls"]
     assert add["result"] == "5"  # the text the server wrote
     assert picture["result"] == "[redacted]"  # output guardrails apply as to any tool
     assert seen[0] == ("add", "5")
     assert seen[1][1].startswith("a red dot\n[image (image/png") and "left out" in seen[1][1]
+    # A dict comes to output guardrails as a dict, as from a Python tool; the model reads its JSON.
+    assert dict(seen)["weather"] == {"result": "Sunny in Lima"}
+    assert json.loads(weather["result"]) == {"result": "Sunny in Lima"}
     assert "MCP server 'notes'" in fail["error"] and "the disk is full" in fail["error"]
     assert "'two' is not of type 'integer'" in bad["error"] and "'b' is a required property" in bad["error"]
     sent = {m["tool_call_id"]: m["content"] for m in server.requests[1].messages if m["role"] == "tool"}

@@ -64,7 +64,8 @@ def call_result(result: mcp_types.CallToolResult) -> tuple[Any, bool]:
 
     The content blocks become text: that is what a server writes for a model to read (and what
     the spec asks servers to send alongside structured content). A result with structured content
-    and no blocks is returned as the dict it is, sent as JSON. Chat Completions tool messages carry
+    and no blocks is returned as the dict it is, sent as JSON; so is one text block holding a JSON
+    object or array. Chat Completions tool messages carry
     text only, so a picture or a sound is named and measured in a note instead of silently dropped.
     """
     if result.structured_content is not None and not result.content and not result.is_error:
@@ -73,7 +74,24 @@ def call_result(result: mcp_types.CallToolResult) -> tuple[Any, bool]:
     text = "\n".join(p for p in parts if p)
     if result.is_error:
         return text or "the tool failed without saying why", True
-    return text, False
+    return _json_object(result, text), False
+
+
+def _json_object(result: mcp_types.CallToolResult, text: str) -> Any:
+    """A result that is one JSON object or array in text (how servers send a dict) as that value.
+
+    So an output guardrail gets a dict from an MCP tool that returns one, as from a Python tool,
+    and ``result.get("result")`` works for both; the model still reads it as JSON.
+    """
+    if len(result.content) != 1 or getattr(result.content[0], "type", None) != "text":
+        return text
+    if not text.lstrip().startswith(("{", "[")):
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, dict | list) else text
 
 
 def _block_text(block: Any) -> str:
