@@ -14,18 +14,33 @@ async def default_result_processor(events: AsyncIterable[Mapping[str, Any]]) -> 
     run, the delegates' included, each with its result or error; ``interruptions`` lists the calls
     waiting for a person when ``status == "interrupted"``.
     """
-    result: dict[str, Any] = {
-        "status": "completed",
-        "final_output": None,
-        "messages": [],
-        "tool_calls": [],
-        "interruptions": [],
-        "error": None,
-        "usage": {},
-        "agent": None,
-    }
-    calls: dict[tuple[int, str, str], dict[str, Any]] = {}
+    builder = ResultBuilder()
     async for event in events:
+        builder.add(event)
+    return builder.result
+
+
+class ResultBuilder:
+    """:func:`default_result_processor`, one event at a time: a run awaited for its result feeds it
+    each event as it happens, so no list of the run's events is kept."""
+
+    __slots__ = ("_calls", "result")
+
+    def __init__(self) -> None:
+        self.result: dict[str, Any] = {
+            "status": "completed",
+            "final_output": None,
+            "messages": [],
+            "tool_calls": [],
+            "interruptions": [],
+            "error": None,
+            "usage": {},
+            "agent": None,
+        }
+        self._calls: dict[tuple[int, str, str], dict[str, Any]] = {}
+
+    def add(self, event: Mapping[str, Any]) -> None:
+        result, calls = self.result, self._calls
         kind = event["type"]
         top = event.get("depth", 0) == 0
         if kind == "message" and top:
@@ -74,4 +89,3 @@ async def default_result_processor(events: AsyncIterable[Mapping[str, Any]]) -> 
             result["usage"] = event.get("run_usage") or event.get("usage") or {}
             result["agent"] = event["agent"]
             result["interruptions"] = event.get("interruptions", [])
-    return result

@@ -57,7 +57,7 @@ from .execution import ApprovalHandler, CallOutcome, Event, RunContext, execute_
 from .handoffs import HANDOFF_RECEIVED, delegate_session
 from .model import ModelClient
 from .output import FINAL_ANSWER_TOOL
-from .result import default_result_processor
+from .result import ResultBuilder, default_result_processor
 from .sessions.base import Item, Session
 from .usage import Price, Usage, UsageLimits
 
@@ -176,20 +176,17 @@ class RunHandle(Coroutine[Any, Any, Any]):
             # Nobody watches these events as they happen: collect them in the run's own task instead
             # of handing each one across to a second task.
             self._claim()
-            events: list[Event] = []
-            await self._drive(events.append)
             if self._processor is None:
+                events: list[Event] = []
+                await self._drive(events.append)
                 return events
-            return await default_result_processor(_replay_events(events))
+            builder = ResultBuilder()
+            await self._drive(builder.add)
+            return builder.result
         return await self._processor(self)
 
 
 _DONE: Any = {"type": "_done"}
-
-
-async def _replay_events(events: list[Event]) -> AsyncIterator[Event]:
-    for event in events:
-        yield event
 
 
 def run_agent(
