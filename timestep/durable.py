@@ -349,6 +349,7 @@ class Worker:
         # DBOS's launch blocks this loop for a second or more (longer on a busy machine), before any
         # heartbeat can run: the first row is dated STARTUP_GRACE seconds ahead, so no live worker
         # takes this one for dead meanwhile. One that dies while starting is recovered that much later.
+        await self._create_table()
         await self._beat_once(ahead=STARTUP_GRACE)
         DBOS(
             config={
@@ -416,10 +417,15 @@ class Worker:
             rows: list[Any] = await conn.fetch(sql.format(p=self.table_prefix), *args)
             return rows
 
+    async def _create_table(self) -> None:
+        import asyncpg
+
+        with contextlib.suppress(asyncpg.UniqueViolationError):  # two workers at once: the other created it
+            await self._run(
+                "CREATE TABLE IF NOT EXISTS {p}workers (executor_id text PRIMARY KEY, seen_at timestamptz NOT NULL)"
+            )
+
     async def _beat_once(self, ahead: float = 0.0) -> None:
-        await self._run(
-            "CREATE TABLE IF NOT EXISTS {p}workers (executor_id text PRIMARY KEY, seen_at timestamptz NOT NULL)"
-        )
         await self._run(
             "INSERT INTO {p}workers (executor_id, seen_at) VALUES ($1, now() + make_interval(secs => $2)) "
             "ON CONFLICT (executor_id) DO UPDATE SET seen_at = EXCLUDED.seen_at",
