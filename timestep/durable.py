@@ -67,10 +67,11 @@ EVENTS = "events"
 PERMIT_WORKFLOW = "timestep_model_permit"
 MODEL_QUEUE_SUFFIX = "_model"
 STARTUP_GRACE = 30.0  # seconds a starting worker's heartbeat row counts as fresh
-RESULT_POLL = 0.25  # seconds between looks at a run that has not ended (DBOS's default is 1)
+RESULT_POLL = 0.1  # seconds between a client's looks at the runs it waits for (one query for all)
 PERMIT_DELAY = 0.25  # seconds from DBOS starting a permit to its model request going out
 PACE_MARGIN = 0.25  # seconds added to the model limiter's period: room for a request to be late
 
+_ENDED = ["SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"]
 _STATES = {"ENQUEUED": "queued", "DELAYED": "queued", "PENDING": "running", "CANCELLED": "cancelled"}
 
 
@@ -418,12 +419,13 @@ class Worker:
             return rows
 
     async def _create_table(self) -> None:
-        import asyncpg
-
-        with contextlib.suppress(asyncpg.UniqueViolationError):  # two workers at once: the other created it
+        try:
             await self._run(
                 "CREATE TABLE IF NOT EXISTS {p}workers (executor_id text PRIMARY KEY, seen_at timestamptz NOT NULL)"
             )
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != "23505":  # unique_violation: two workers at once, one made it
+                raise
 
     async def _beat_once(self, ahead: float = 0.0) -> None:
         await self._run(
@@ -494,8 +496,9 @@ class DurableRun:
 
     async def result(self) -> dict[str, Any]:
         """Wait for the run to end and return its result, as ``run_agent`` would have."""
+        await self._client._ended(self.run_id)
         handle = await self._client._dbos.retrieve_workflow_async(self.run_id)
-        result: dict[str, Any] = await handle.get_result(polling_interval_sec=RESULT_POLL)
+        result: dict[str, Any] = await handle.get_result()
         return result
 
     async def events(self) -> AsyncIterator[Any]:
@@ -512,6 +515,37 @@ class DurableClient:
     def __init__(self, dbos: Any, queue: str) -> None:
         self._dbos = dbos
         self.queue = queue
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def _ended(self, run_id: str) -> None:
+        """Wait until a run has ended. Every run this client waits for is looked up in one query
+        every ``RESULT_POLL`` seconds: a caller waiting on 10,000 runs costs one query, not 10,000."""
+        ended = self._waiting.get(run_id)
+        if ended is None:
+            ended = self._waiting[run_id] = asyncio.get_running_loop().create_future()
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        await asyncio.shield(ended)
+
+    async def _watch(self) -> None:
+        while self._waiting:
+            try:
+                found = await self._dbos.list_workflows_async(
+                    workflow_ids=list(self._waiting), status=_ENDED, load_input=False, load_output=False
+                )
+            except Exception as exc:  # every waiter learns it, none hangs
+                for waiter in self._waiting.values():
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                self._waiting.clear()
+                return
+            for status in found:
+                ended = self._waiting.pop(status.workflow_id, None)
+                if ended is not None and not ended.done():
+                    ended.set_result(None)
+            if self._waiting:
+                await asyncio.sleep(RESULT_POLL)
 
     @classmethod
     async def connect(cls, url: str, *, queue: str = QUEUE, schema: str = "dbos") -> DurableClient:
@@ -526,6 +560,10 @@ class DurableClient:
         return cls(await asyncio.to_thread(make), queue)
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         await asyncio.to_thread(self._dbos.destroy)
 
     async def __aenter__(self) -> DurableClient:
