@@ -67,6 +67,7 @@ EVENTS = "events"
 PERMIT_WORKFLOW = "timestep_model_permit"
 MODEL_QUEUE_SUFFIX = "_model"
 STARTUP_GRACE = 30.0  # seconds a starting worker's heartbeat row counts as fresh
+EVENT_BATCH = 0.05  # seconds a run's event stream waits after a write, gathering the next batch
 RESULT_POLL = 0.1  # seconds between a client's looks at the runs it waits for (one query for all)
 PERMIT_DELAY = 0.25  # seconds from DBOS starting a permit to its model request going out
 PACE_MARGIN = 0.25  # seconds added to the model limiter's period: room for a request to be late
@@ -111,16 +112,18 @@ async def _turn(
 
 
 class _EventStream:
-    """A run's events into its DBOS stream, coalesced: one write in flight at a time, carrying
-    every event that arrived while the previous write was going (a list per stream value).
+    """A run's events into its DBOS stream, in batches: one write in flight at a time, then a pause
+    of ``EVENT_BATCH`` seconds (cut short when the run ends), each write carrying every event that
+    arrived since the last (a list per stream value).
 
-    One write per event cost a transaction each (about sixteen per one-tool run); a reader still
-    sees each event as soon as the write it rode in commits.
+    One write per event cost a transaction and a thread hop each (sixteen per one-tool run); a
+    reader now sees an event at most ``EVENT_BATCH`` seconds plus one write later.
     """
 
     def __init__(self) -> None:
         self._pending: list[Any] = []
         self._writer: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     def add(self, event: Any) -> None:
         self._pending.append(event)
@@ -133,8 +136,11 @@ class _EventStream:
         while self._pending:
             batch, self._pending = self._pending, []
             await DBOS.write_stream_async(EVENTS, batch)
+            with contextlib.suppress(TimeoutError):  # what arrives meanwhile rides in the next write
+                await asyncio.wait_for(self._closing.wait(), EVENT_BATCH)
 
     async def flush(self) -> None:
+        self._closing.set()  # the run ended: no more waiting between writes
         if self._writer is not None:
             await self._writer  # raises what a write raised: the step fails and is retried
         if self._pending:
