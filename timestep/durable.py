@@ -24,8 +24,12 @@ Why it is built the way it is:
   executor with the same id restarts, or when told to (its admin API or Conductor do that). Workers
   here write a heartbeat row every ``heartbeat`` seconds; a worker that sees another's row older
   than ``dead_after`` deletes it (one ``DELETE ... RETURNING``, so exactly one worker claims it)
-  and asks DBOS to recover that executor's workflows, which DBOS puts back on the queue for any
-  live worker.
+  and puts that executor's unfinished workflows back on their queues with DBOS's public
+  ``resume_workflow``, for any live worker.
+* **Model requests within a rate, across workers.** With ``model_limiter``, each model request
+  first takes a permit from a second DBOS queue with DBOS's rate limiter (see :class:`_Pacer`).
+* **Few writes per run.** A run's events reach its DBOS stream in batches (:class:`_EventStream`),
+  and a client waits for all its runs with one query (:meth:`DurableClient._ended`).
 
 ``dbos`` is an optional extra (``pip install -e '.[dbos]'``), imported when this module is.
 """
@@ -280,9 +284,10 @@ class Worker:
     DBOS keeps one executor per process, so there is one ``Worker`` per process. ``agents`` are the
     agents this worker can run, by name; every worker on a queue must have the same ones.
     ``worker_concurrency`` caps the runs this process makes at once, ``global_concurrency`` all
-    workers together, and ``limiter`` (``{"limit": n, "period": seconds}``) how many runs start per
-    period across all workers: each run makes one model call per model turn (two for a question
-    answered with one tool), so a model's request rate divided by that is the limit to set.
+    workers together, ``limiter`` (``{"limit": n, "period": seconds}``) how many runs start per
+    period across all workers, and ``model_limiter`` (the same form) how many model requests all
+    workers on the queue send per period. ``polling_interval`` is how often DBOS looks for queued
+    runs (and permits).
     """
 
     _current: Worker | None = None
