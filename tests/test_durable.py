@@ -311,3 +311,22 @@ async def _paced_runs(url: str) -> list[dict[str, Any]]:
             for i in range(PACED_CONVERSATIONS)
         ]
         return list(await asyncio.gather(*(r.result() for r in runs)))
+
+
+async def test_runs_queued_before_any_worker_exists_run_when_one_starts(database: str, tmp_path: Path) -> None:
+    """A backlog queued while no worker has registered the queue yet is run once a worker starts."""
+    from timestep.durable import DurableClient
+
+    with TestServer(responder=tool_then_answer) as model:
+        async with await DurableClient.connect(database, queue="early") as client:
+            runs = [
+                await client.start(AGENT, [{"role": "user", "content": f"early {i}"}], f"early-{i}") for i in range(3)
+            ]
+            assert {await r.state() for r in runs} == {"queued"}
+            late = Cluster(database, model, tmp_path)
+            late.start(1, "--queue", "early")
+            try:
+                done = await asyncio.wait_for(asyncio.gather(*(r.result() for r in runs)), 120)  # a hang guard
+            finally:
+                late.stop()
+    assert [r["status"] for r in done] == ["completed"] * 3

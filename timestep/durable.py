@@ -64,6 +64,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 __all__ = ["DurableClient", "DurableRun", "RunInfo", "Worker", "run_states"]
 
+APP = "timestep"  # the DBOS application: queues and workflows are owned by it, clients included
 WORKFLOW = "timestep_run"
 QUEUE = "timestep"
 VERSION = "timestep-durable-1"  # the DBOS application version every worker shares, so any recovers any
@@ -192,7 +193,9 @@ class _Pacer:
     @classmethod
     async def open(cls, worker: Worker) -> _Pacer:
         url = _sqlalchemy_url(worker.url)
-        client = await asyncio.to_thread(DBOSClient, system_database_url=url, dbos_system_schema=worker.schema)
+        client = await asyncio.to_thread(
+            DBOSClient, system_database_url=url, dbos_system_schema=worker.schema, application_name=APP
+        )
         pool = await shared_pool(worker.url)
         async with pool.acquire() as conn:
             before = time.time()
@@ -365,7 +368,7 @@ class Worker:
         await self._beat_once(ahead=STARTUP_GRACE)
         DBOS(
             config={
-                "name": "timestep",
+                "name": APP,
                 "system_database_url": _sqlalchemy_url(self.url),
                 "executor_id": self.executor_id,
                 "application_version": VERSION,
@@ -566,7 +569,9 @@ class DurableClient:
             from dbos import run_dbos_database_migrations
 
             run_dbos_database_migrations(_sqlalchemy_url(url), schema=schema)
-            return DBOSClient(system_database_url=_sqlalchemy_url(url), dbos_system_schema=schema)
+            # The runs it queues are owned by the workers' application, as DBOS asks of a client
+            # whose database other applications may share.
+            return DBOSClient(system_database_url=_sqlalchemy_url(url), dbos_system_schema=schema, application_name=APP)
 
         return cls(await asyncio.to_thread(make), queue)
 
