@@ -2,6 +2,8 @@
 
     python -m benchmarks.durable                         # 200 conversations per setting
     python -m benchmarks.durable --conversations 10000 --workers 4
+    python -m benchmarks.durable --backlog 10000 --workers 2     # 10,000 queued, then drained
+    python -m benchmarks.durable --backlog 2000 --workers 2 --model-rate 100/1
 
 Every conversation is one question answered with one tool call (two model calls), against the
 test server in its own process with ``--latency`` seconds per reply, so the numbers are about
@@ -68,21 +70,34 @@ async def plain(url: str, base_url: str, n: int, concurrency: int) -> float:
     return elapsed
 
 
-async def durable(url: str, base_url: str, n: int, workers: int, concurrency: int) -> tuple[float, float]:
-    """Seconds for ``n`` durable runs on ``workers`` processes, and seconds per enqueue."""
-    from timestep.durable import DurableClient
-
+async def _start_workers(url: str, base_url: str, workers: int, concurrency: int, *extra: str) -> list[Any]:
     env = {**os.environ, "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "x", "TIMESTEP_EFFECTS": os.devnull}
     logs = Path(tempfile.mkdtemp())
     procs = []
     for k in range(workers):
         command = [sys.executable, "-c", "from timestep.cli import main; main()", "worker"]
-        command += ["tests/durable_app.py:assistant", "--store", url, "--concurrency", str(concurrency)]
+        command += ["tests/durable_app.py:assistant", "--store", url, "--concurrency", str(concurrency), *extra]
         with (logs / f"{k}.log").open("wb") as out:
             procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out))
     for k in range(workers):
         while b" running " not in (logs / f"{k}.log").read_bytes():
+            assert procs[k].poll() is None, (logs / f"{k}.log").read_text()
             await asyncio.sleep(0.05)
+    return procs
+
+
+def _stop(procs: list[Any]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(60)
+
+
+async def durable(url: str, base_url: str, n: int, workers: int, concurrency: int) -> tuple[float, float]:
+    """Seconds for ``n`` durable runs on ``workers`` processes, and seconds per enqueue."""
+    from timestep.durable import DurableClient
+
+    procs = await _start_workers(url, base_url, workers, concurrency)
     try:
         async with await DurableClient.connect(url) as client:
             start = time.perf_counter()
@@ -94,11 +109,45 @@ async def durable(url: str, base_url: str, n: int, workers: int, concurrency: in
             elapsed = time.perf_counter() - start
             assert all(r["status"] == "completed" for r in results)
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(30)
+        _stop(procs)
     return elapsed, queued / n
+
+
+async def backlog(url: str, base_url: str, n: int, workers: int, concurrency: int, model_rate: str | None) -> None:
+    """``n`` runs queued before any worker starts, then drained: the pace, and how evenly it goes.
+
+    Prints the enqueue rate, the drain rate, and the completion order's fairness: since every run is
+    queued at once, a fair queue finishes them at a steady rate (the time to the median run is about
+    half the time to the last).
+    """
+    from timestep.durable import DurableClient
+
+    async with await DurableClient.connect(url) as client:
+        start = time.perf_counter()
+        runs = [await client.start("Recorder", [{"role": "user", "content": f"note {i}"}], f"b-{i}") for i in range(n)]
+        queued = time.perf_counter() - start
+        print(f"backlog: {n} runs queued in {queued:.1f} s ({n / queued:.0f} runs/s)", flush=True)
+        extra = ("--model-rate", model_rate) if model_rate else ()
+        procs = await _start_workers(url, base_url, workers, concurrency, *extra)
+        try:
+            start = time.perf_counter()
+            finished: list[float] = []
+
+            async def one(run: Any) -> None:
+                assert (await run.result())["status"] == "completed"
+                finished.append(time.perf_counter() - start)
+                if len(finished) % max(n // 10, 1) == 0:
+                    print(f"  {len(finished)} done after {finished[-1]:.1f} s", flush=True)
+
+            await asyncio.gather(*(one(r) for r in runs))  # the client looks them all up in one query
+        finally:
+            _stop(procs)
+    last, median = max(finished), sorted(finished)[n // 2]
+    rate = f", --model-rate {model_rate}" if model_rate else ""
+    print(
+        f"backlog drained by {workers} worker(s), {concurrency} at once each{rate}: {n / last:.1f} runs/s; "
+        f"median run done at {median:.1f} s, last at {last:.1f} s"
+    )
 
 
 async def fresh(what: Any) -> Any:
@@ -114,6 +163,10 @@ async def main(args: argparse.Namespace) -> None:
     server, base_url = _model_server(args.latency)
     n, c = args.conversations, args.concurrency
     try:
+        if args.backlog:
+            for w in args.workers:
+                await fresh(lambda url, w=w: backlog(url, base_url, args.backlog, w, c, args.model_rate))
+            return
         base = await fresh(lambda url: plain(url, base_url, n, c))
         print(
             f"plain run_agent + PostgresSession, 1 process, {c} at once: "
@@ -138,4 +191,6 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
     parser.add_argument("--concurrency", type=int, default=8, help="runs at once per process")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per model reply")
+    parser.add_argument("--backlog", type=int, metavar="N", help="queue N runs before any worker starts, then drain")
+    parser.add_argument("--model-rate", metavar="N/SECONDS", help="the workers' --model-rate (with --backlog)")
     asyncio.run(main(parser.parse_args()))

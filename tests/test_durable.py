@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -21,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from tests.durable_app import assistant
 from timestep import FileSession, ModelClient, PostgresSession, RunConfig, run_agent
+from timestep.cli.app import cli
 from timestep.testing import Reply, TestServer, ToolCall, tool_then_answer
 
 from .stores_fixtures import ROOT, require_postgres, run_apart
@@ -41,8 +45,6 @@ CONVERSATIONS = 200
 
 async def test_message_key_stores_the_messages_once(server: TestServer, client: ModelClient, tmp_path: Path) -> None:
     """A run retried after a crash passes the same key: the user's message must not be stored twice."""
-    from tests.durable_app import assistant
-
     session = FileSession(assistant.name, "keyed", assistant.instructions, storage_dir=tmp_path)
     server.script(Reply.text("first"), Reply.text("second"))
     config = RunConfig(message_key="run-1")
@@ -89,7 +91,7 @@ class Cluster:
         self.workers: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
 
-    def start(self, n: int) -> None:
+    def start(self, n: int, *options: str) -> None:
         env = {
             **os.environ,
             "OPENAI_BASE_URL": self.model.base_url,
@@ -101,7 +103,7 @@ class Cluster:
             command = [
                 sys.executable, "-c", "from timestep.cli import main; main()", "worker",
                 "tests/durable_app.py:assistant", "--store", self.url, "--concurrency", "8",
-                "--lease-ttl", "2", "--dead-after", "3",
+                "--lease-ttl", "2", "--dead-after", "3", *options,
             ]  # fmt: skip
             with log.open("wb") as out:
                 self.workers.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out))
@@ -169,6 +171,49 @@ async def test_an_approval_from_another_process_resumes_a_run_no_worker_holds(cl
         await client.close()
 
 
+async def test_sessions_list_shows_each_conversations_newest_durable_run(cluster: Cluster, tmp_path: Path) -> None:
+    from timestep.durable import DurableClient
+
+    client = await _client(cluster.url)
+    idle = await DurableClient.connect(cluster.url, queue="no-worker-takes-this")
+    try:
+        paused = await client.start(AGENT, [{"role": "user", "content": "approve me later"}], "listed-paused")
+        assert (await paused.result())["status"] == "interrupted"
+        done = await client.start(AGENT, [{"role": "user", "content": "note listed"}], "listed-done")
+        assert (await done.result())["status"] == "completed"
+        assert await (await client.start(AGENT, [{"role": "user", "content": "a"}], "listed-later")).result()
+        waiting = await idle.start(AGENT, [{"role": "user", "content": "b"}], "listed-later")  # its newest run
+        assert await waiting.state() == "queued"
+    finally:
+        await idle.close()
+        await client.close()
+
+    def listing(*extra: str) -> str:
+        result = CliRunner().invoke(cli, ["sessions", "list", "--limit", "0", *extra])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    rows = json.loads(await asyncio.to_thread(listing, "--store", cluster.url, "--json"))
+    runs = {r["conversation_id"]: r.get("run") for r in rows if r["conversation_id"].startswith("listed-")}
+    assert runs == {"listed-paused": "interrupted", "listed-done": "completed", "listed-later": "queued"}
+    table = (await asyncio.to_thread(listing, "--store", cluster.url)).splitlines()
+    assert table[0].split()[:5] == ["AGENT", "CONVERSATION", "MESSAGES", "LAST", "UPDATE"] and "RUN" in table[0]
+    assert any("listed-paused" in line and "interrupted" in line for line in table)
+
+    # Any other store: no RUN column, and DBOS is not even imported.
+    filed = FileSession(AGENT, "filed", assistant.instructions, storage_dir=tmp_path)
+    model = ModelClient(base_url=cluster.model.base_url, api_key="sk-test")
+    await run_agent(assistant, [{"role": "user", "content": "hi"}], filed, client=model)
+    script = (
+        "import sys; from click.testing import CliRunner; from timestep.cli.app import cli; "
+        f"r = CliRunner().invoke(cli, ['sessions', 'list', '--store', {str(tmp_path)!r}]); "
+        "print(r.exit_code, 'dbos' in sys.modules); print(r.output)"
+    )
+    other = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    status, rest = other.stdout.split("\n", 1)
+    assert status == "0 False" and "filed" in rest and "RUN" not in rest
+
+
 async def test_a_worker_killed_mid_run_loses_nothing_and_runs_no_tool_twice(cluster: Cluster) -> None:
     client = await _client(cluster.url)
     before = len(cluster.effects_lines())
@@ -177,7 +222,11 @@ async def test_a_worker_killed_mid_run_loses_nothing_and_runs_no_tool_twice(clus
             await client.start(AGENT, [{"role": "user", "content": f"note {i}"}], f"conv-{i}")
             for i in range(CONVERSATIONS)
         ]
-        while len(cluster.effects_lines()) - before < CONVERSATIONS // 4:
+        # Killed mid-run: a quarter of the conversations done, and some of its own runs under way.
+        victim_id = cluster.logs[0].read_text().split()[1]
+        while len(cluster.effects_lines()) - before < CONVERSATIONS // 4 or not await client._dbos.list_workflows_async(
+            status="PENDING", executor_id=victim_id, load_input=False, load_output=False
+        ):
             await asyncio.sleep(0.02)
         victim = cluster.workers[0]
         victim.send_signal(signal.SIGKILL)
@@ -208,3 +257,76 @@ async def test_a_worker_killed_mid_run_loses_nothing_and_runs_no_tool_twice(clus
         calls += effects[call_id]
     assert calls == len(effects)  # every side effect belongs to one of these conversations
     await PostgresSession.close_pools(cluster.url)
+
+
+PACED_LIMIT, PACED_PERIOD, PACED_CONVERSATIONS, PACED_WORKERS, PACED_CONCURRENCY = 6, 1.0, 24, 2, 4
+
+
+class Timed:
+    """``tool_then_answer``, noting when each request reached the server and for which conversation."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, str]] = []
+
+    def __call__(self, body: dict[str, Any]) -> Reply:
+        user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+        self.seen.append((time.monotonic(), user))
+        return tool_then_answer(body)
+
+
+async def test_model_requests_keep_within_the_model_rate_across_workers(database: str, tmp_path: Path) -> None:
+    """Two workers, one limit: no window of PACED_PERIOD seconds holds more than PACED_LIMIT requests
+    at the model server, and runs of different conversations take turns."""
+    timed = Timed()
+    with TestServer(responder=timed) as model:
+        paced = Cluster(database, model, tmp_path)
+        paced.start(
+            PACED_WORKERS, "--queue", "paced", "--concurrency", str(PACED_CONCURRENCY),
+            "--model-rate", f"{PACED_LIMIT}/{PACED_PERIOD}",
+        )  # fmt: skip
+        try:
+            results = await _paced_runs(database)
+        finally:
+            paced.stop()
+    assert [r["status"] for r in results] == ["completed"] * PACED_CONVERSATIONS
+    times = sorted(t for t, _ in timed.seen)
+    assert len(times) == 2 * PACED_CONVERSATIONS
+    busiest = max(sum(1 for u in times if t <= u < t + PACED_PERIOD) for t in times)
+    assert busiest <= PACED_LIMIT, f"{busiest} model requests in {PACED_PERIOD} s"
+    # Fair turns: between a conversation's two requests, each other run in flight got at most one
+    # turn (the permits are first come, first served), not the whole backlog.
+    order = [user for _, user in sorted(timed.seen)]
+    in_flight = PACED_WORKERS * PACED_CONCURRENCY
+    for user in set(order):
+        first, second = (i for i, u in enumerate(order) if u == user)
+        assert second - first <= 2 * in_flight, (user, second - first)
+
+
+async def _paced_runs(url: str) -> list[dict[str, Any]]:
+    from timestep.durable import DurableClient
+
+    async with await DurableClient.connect(url, queue="paced") as client:
+        runs = [
+            await client.start(AGENT, [{"role": "user", "content": f"paced {i}"}], f"paced-{i}")
+            for i in range(PACED_CONVERSATIONS)
+        ]
+        return list(await asyncio.gather(*(r.result() for r in runs)))
+
+
+async def test_runs_queued_before_any_worker_exists_run_when_one_starts(database: str, tmp_path: Path) -> None:
+    """A backlog queued while no worker has registered the queue yet is run once a worker starts."""
+    from timestep.durable import DurableClient
+
+    with TestServer(responder=tool_then_answer) as model:
+        async with await DurableClient.connect(database, queue="early") as client:
+            runs = [
+                await client.start(AGENT, [{"role": "user", "content": f"early {i}"}], f"early-{i}") for i in range(3)
+            ]
+            assert {await r.state() for r in runs} == {"queued"}
+            late = Cluster(database, model, tmp_path)
+            late.start(1, "--queue", "early")
+            try:
+                done = await asyncio.wait_for(asyncio.gather(*(r.result() for r in runs)), 120)  # a hang guard
+            finally:
+                late.stop()
+    assert [r["status"] for r in done] == ["completed"] * 3

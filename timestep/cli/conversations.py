@@ -21,6 +21,7 @@ import click
 from rich.text import Text
 
 from ..approvals import load
+from ..exceptions import ConfigurationError
 from ..sessions import ConversationInfo, Store, open_store
 from ..usage import totals
 from .app import DEFAULT_STORE
@@ -61,13 +62,39 @@ async def first_prompt(store: Store, info: ConversationInfo) -> str:
     return first if isinstance(first, str) else json.dumps(first, ensure_ascii=False) if first else ""
 
 
+async def durable_states(spec: str) -> dict[tuple[str, str], str]:
+    """Each conversation's newest durable run's state, for a PostgreSQL store whose database has
+    DBOS's tables (see :mod:`timestep.durable`); empty, without importing DBOS, for any other."""
+    if not spec.lower().startswith(("postgresql://", "postgres://")):
+        return {}
+    from ..sessions.postgres import shared_pool
+
+    pool = await shared_pool(spec)
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT to_regclass('dbos.workflow_status') IS NOT NULL"):
+            return {}
+    try:
+        from ..durable import run_states
+    except ConfigurationError:  # durable runs were made elsewhere, without the dbos extra here
+        return {}
+    return await run_states(spec)
+
+
 def list_conversations(spec: str, agent: str | None, limit: int, as_json: bool) -> None:
-    async def work(store: Store) -> tuple[list[tuple[ConversationInfo, str]], int, str]:
+    async def work(
+        store: Store,
+    ) -> tuple[list[tuple[ConversationInfo, str]], int, str, dict[tuple[str, str], str]]:
         found = [c for c in await store.list_conversations() if agent is None or c.agent_name == agent]
         shown = found[:limit] if limit else found
-        return [(c, await first_prompt(store, c)) for c in shown], len(found) - len(shown), store.describe()
+        rows = [(c, await first_prompt(store, c)) for c in shown]
+        return rows, len(found) - len(shown), store.describe(), await durable_states(str(spec))
 
-    rows, hidden, where = _with_store(spec, work)
+    rows, hidden, where, states = _with_store(spec, work)
+    runs = {
+        (c.agent_name, c.conversation_id): states[c.agent_name, c.conversation_id]
+        for c, _ in rows
+        if (c.agent_name, c.conversation_id) in states
+    }
     if as_json:
         listing = [
             {
@@ -76,6 +103,7 @@ def list_conversations(spec: str, agent: str | None, limit: int, as_json: bool) 
                 "messages": c.message_count,
                 "updated_at": c.updated_at.isoformat(),
                 "first_prompt": first,
+                **({"run": runs[key]} if (key := (c.agent_name, c.conversation_id)) in runs else {}),
             }
             for c, first in rows
         ]
@@ -87,7 +115,7 @@ def list_conversations(spec: str, agent: str | None, limit: int, as_json: bool) 
         whose = f" for {agent}" if agent else ""
         output.note(f"No conversations{whose} in {where}.")
         return
-    conversation_table(output, rows)
+    conversation_table(output, rows, runs)
     if hidden:  # on stderr, so the table stays a table in a pipe
         output.err.print(Text(f"{hidden} older not shown (--limit 0 lists all)", style="dim"))
 

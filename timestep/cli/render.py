@@ -363,19 +363,25 @@ def show_interruption(output: Output, interruption: Interruption) -> None:
 # -- stored conversations ----------------------------------------------------------------------------
 
 
-def conversation_table(output: Output, conversations: Iterable[tuple[ConversationInfo, str]]) -> None:
-    """``timestep sessions list``: a table on a terminal, aligned columns in a pipe; each with its first prompt."""
-    rows = [
+def conversation_table(
+    output: Output,
+    conversations: Iterable[tuple[ConversationInfo, str]],
+    runs: dict[tuple[str, str], str] | None = None,
+) -> None:
+    """``timestep sessions list``: a table on a terminal, aligned columns in a pipe; each with its first prompt,
+    and a RUN column with the newest durable run's state when any conversation has one."""
+    rows: list[tuple[str, ...]] = [
         (
             c.agent_name,
             c.conversation_id,
             str(c.message_count),
             _when(c.updated_at),
+            *([runs.get((c.agent_name, c.conversation_id), "")] if runs else []),
             shorten(first, 60, output.marks.more),
         )
         for c, first in conversations
     ]
-    header = ("AGENT", "CONVERSATION", "MESSAGES", "LAST UPDATE", "FIRST PROMPT")
+    header = ("AGENT", "CONVERSATION", "MESSAGES", "LAST UPDATE", *(["RUN"] if runs else []), "FIRST PROMPT")
     if output.fancy:
         table = Table(box=None, header_style="bold", pad_edge=False)
         for n, title in enumerate(header):

@@ -16,18 +16,19 @@ from typing import Any
 import click
 
 RATE_HELP = "Start at most N runs per SECONDS across all workers, e.g. 100/60. [default: no limit]"
+MODEL_RATE_HELP = "Send at most N model requests per SECONDS across all workers, e.g. 500/60. [default: no limit]"
 
 
-def _rate(value: str | None) -> dict[str, float] | None:
+def _rate(value: str | None, hint: str = "--rate") -> dict[str, float] | None:
     if value is None:
         return None
     count, sep, seconds = value.partition("/")
     try:
         limit, period = int(count), float(seconds) if sep else 1.0
     except ValueError:
-        raise click.BadParameter(f"expected N/SECONDS, e.g. 100/60; got {value!r}", param_hint="--rate") from None
+        raise click.BadParameter(f"expected N/SECONDS, e.g. 100/60; got {value!r}", param_hint=hint) from None
     if limit < 1 or period <= 0:
-        raise click.BadParameter("N must be at least 1 and SECONDS above 0", param_hint="--rate")
+        raise click.BadParameter("N must be at least 1 and SECONDS above 0", param_hint=hint)
     return {"limit": limit, "period": period}
 
 
@@ -40,6 +41,7 @@ def _rate(value: str | None) -> dict[str, float] | None:
 @click.option("--concurrency", type=click.IntRange(1), default=8, show_default=True, help="Runs at once here.")
 @click.option("--global-concurrency", type=click.IntRange(1), help="Runs at once across all workers.")
 @click.option("--rate", metavar="N/SECONDS", help=RATE_HELP)
+@click.option("--model-rate", metavar="N/SECONDS", help=MODEL_RATE_HELP)
 @click.option("--lease-ttl", type=click.FloatRange(min=1.0), help="Seconds a dead run holds its conversation.")
 @click.option(
     "--dead-after",
@@ -61,12 +63,14 @@ def worker(agents: tuple[str, ...], store: str, **options: Any) -> None:
     \b
     Examples:
       timestep worker agents.py:assistant --store postgresql://localhost/app
-      timestep worker agents.py:assistant agents.py:support --concurrency 16 --rate 600/60
+      timestep worker agents.py:assistant agents.py:support --concurrency 16 --model-rate 600/60
     """
     if not store.startswith(("postgresql://", "postgres://")):
         raise click.BadParameter("durable runs need a postgresql:// store", param_hint="--store")
     from .loading import load_agent, make_client
 
+    _rate(options["rate"])
+    _rate(options["model_rate"], "--model-rate")  # refused before any agent is loaded
     loaded = [load_agent(spec) for spec in agents]
     client = make_client(options.pop("base_url"), options.pop("api_key"))
     asyncio.run(_serve(store, loaded, client, options))
@@ -86,6 +90,7 @@ async def _serve(store: str, agents: list[Any], client: Any, options: dict[str, 
         worker_concurrency=options["concurrency"],
         global_concurrency=options["global_concurrency"],
         limiter=_rate(options["rate"]),
+        model_limiter=_rate(options["model_rate"], "--model-rate"),
         lease_ttl=options["lease_ttl"],
         dead_after=options["dead_after"],
         client=client,
