@@ -544,6 +544,20 @@ async def test_a_store_that_is_down_is_a_503_streamed_or_not(
     assert caplog.text.count("the store is unavailable") == 3
 
 
+async def test_a_run_that_fails_once_streaming_ends_with_an_error_event_and_a_log_line(
+    serve: str, server: TestServer, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.script(Reply.error(400, "the model is gone"))
+    with caplog.at_level("WARNING", logger="timestep.server"):
+        async with http.post(conv(serve, unique(), "messages"), json={"content": "Hi"}, headers=SSE) as r:
+            assert r.status == 200
+            seen = [e async for _, e in sse(r)]  # to the end of the stream: it ends
+    kinds = [e["type"] for e in seen]
+    assert kinds[0] == "run_start" and "error" in kinds and kinds[-1] == "run_end"
+    assert seen[-1]["status"] == "error"
+    assert "ModelHTTPError" in caplog.text and "the model is gone" in caplog.text
+
+
 def test_create_app_refuses_what_it_cannot_serve(ledger: Path) -> None:
     from timestep import ConfigurationError
 

@@ -208,7 +208,6 @@ class Runs:
                 run.started.set_exception(exc)
                 run.started.exception()  # retrieved: the request re-raises it from the task
                 raise
-            log.warning("run of %s stopped: %s: %s", agent_name, type(exc).__name__, exc)
             self._record(run, _error_event(agent_name, str(exc), type(exc).__name__))
         except Exception as exc:
             log.exception("run of %s failed", agent_name)
@@ -222,6 +221,8 @@ class Runs:
                 run.started.cancel()
 
     def _record(self, run: Run, event: Event) -> None:
+        if event.get("type") == "error":  # on the stream, and in the server's log: nobody may be watching
+            log.warning("run of %s: %s: %s", event.get("agent"), event.get("error_type"), event.get("error"))
         if not run.started.done():
             run.started.set_result(None)
         run.events.append(event)
