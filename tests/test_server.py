@@ -491,6 +491,11 @@ async def test_every_bad_request_is_json_with_its_status(
         ("POST", base, {"json": {"conversation_id": 5}}, (422, "ValidationError")),
         ("POST", f"{base}/c/messages", {"json": {"content": 5}}, (422, "ValidationError")),
     ]
+    for flag in ("yes", "1", "on", "False"):
+        cases.append(
+            ("POST", f"{base}/c/messages?background={flag}", {"json": {"content": "x"}}, (422, "ValidationError"))
+        )
+        cases.append(("GET", f"{base}/c/events?follow={flag}", {}, (422, "ValidationError")))
     for approve in ("yes", 1, "off", 0, "true", None):
         decision = {"decisions": [{"tool_call_id": "x", "approve": approve}]}
         cases.append(("POST", f"{base}/c/decisions", {"json": decision}, (422, "ValidationError")))

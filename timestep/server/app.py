@@ -30,6 +30,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BeforeValidator
 from pydantic_core import to_jsonable_python
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
@@ -274,6 +275,13 @@ async def _stored(session: Session) -> bool:
     return bool(await get_journal()) if get_journal is not None else False
 
 
+def _flag(value: Any) -> Any:
+    """A boolean query parameter is ``true`` or ``false``, as the OpenAPI document says (not ``yes``, ``1``, ``on``)."""
+    if isinstance(value, str) and value not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return value == "true" if isinstance(value, str) else value
+
+
 def _unfinished(state: ConversationState) -> bool:
     """Whether a run of this conversation stopped before its end: calls without a result, or no answer yet."""
     last = state.messages[-1] if state.messages else {}
@@ -310,7 +318,9 @@ def _routes(server: Server) -> APIRouter:  # noqa: C901 - one closure per route,
         return server.agent(agent)
 
     AgentDep = Annotated[Agent, Depends(agent_of)]
-    Background = Annotated[bool, Query(description="Answer 202 at once; follow the run on /events")]
+    Background = Annotated[
+        bool, BeforeValidator(_flag), Query(description="Answer 202 at once; follow the run on /events")
+    ]
 
     @router.get("/health", include_in_schema=False)
     async def health() -> dict[str, str]:
@@ -478,7 +488,9 @@ def _routes(server: Server) -> APIRouter:  # noqa: C901 - one closure per route,
         conversation_id: str,
         last_event_id: Annotated[str | None, Header(max_length=100)] = None,
         after: Annotated[str | None, Query(max_length=100, description="Like Last-Event-ID")] = None,
-        follow_live: Annotated[bool, Query(alias="follow", description="Keep following new events")] = True,
+        follow_live: Annotated[
+            bool, BeforeValidator(_flag), Query(alias="follow", description="Keep following new events")
+        ] = True,
     ) -> Response:
         await server.existing(agent, conversation_id)
         event_log = runs.log(agent.name, conversation_id)
