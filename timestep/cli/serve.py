@@ -131,4 +131,7 @@ def serve(agents: tuple[str, ...], store: str, host: str, port: int, offline: bo
         config = uvicorn.Config(
             app, host=host, port=port, log_level="info", server_header=False, timeout_graceful_shutdown=5
         )
-        uvicorn.Server(config).run(sockets=[sock])
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+        if not server.started:
+            raise click.ClickException(f"the server at {where} did not start (see the lines above)")
