@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from timestep import ApprovalError, Interruption, ModelClient, run_agent
+from timestep import ApprovalError, Interruption, ModelClient, pending_interruptions, run_agent
+from timestep.approvals import load
 from timestep.testing import Reply, TestServer, ToolCall
 from timestep.testing.server import RecordedRequest
 
@@ -310,3 +311,52 @@ async def test_a_run_waits_for_another_run_of_the_same_conversation(
     async with session(store).lock():
         with pytest.raises(SessionBusyError, match="still being run elsewhere"):
             await run_agent(agent, OSLO, session(store), client=client, config=RunConfig(lock_timeout=0.05))
+
+
+async def test_a_call_stopped_mid_run_is_pending_before_any_run_asks(
+    server: TestServer, client: ModelClient, store: Path, effects: Path
+) -> None:
+    server.script(Reply.tool_calls(ToolCall("charge", {"amount": 5}, id="pay")))
+    assert app(server, store, "start", KILL_IN="charge") is None  # killed while the charge ran
+    assert ran(effects, "charge") == [{"amount": 5, "key": "pay"}]
+    # Read from the session alone: the question a resumed run would ask, already.
+    [waiting] = await pending_interruptions(agent, session(store))
+    assert (waiting.tool_call_id, waiting.kind, waiting.args) == ("pay", "unknown_outcome", {"amount": 5})
+    assert "may or may not have happened" in waiting.prompt
+    with pytest.raises(ApprovalError, match="awaiting approval"):
+        await run_agent(agent, [{"role": "user", "content": "Hello?"}], session(store), client=client)
+    with pytest.raises(ApprovalError, match="without new arguments"):
+        await run_agent(agent, [], session(store), approvals={"pay": {"approve": True, "args": {"amount": 1}}})
+    server.script(Reply.text("Not charged again."))
+    result = await run_agent(agent, [], session(store), approvals={"pay": "it went through"}, client=client)
+    assert result["status"] == "completed" and result["final_output"] == "Not charged again."
+    assert "it went through" in tool_results(server.requests[-1])["pay"]
+    assert ran(effects, "charge") == [{"amount": 5, "key": "pay"}]  # never re-run blindly
+    assert await pending_interruptions(agent, session(store)) == []
+    _, journal = await load(session(store))
+    kinds = [(r["journal"], r.get("kind")) for r in journal if r.get("call") == "pay"]
+    assert kinds[-3:] == [("started", None), ("interrupt", "unknown_outcome"), ("decision", None)]
+
+
+async def test_an_approved_rerun_of_a_stopped_call_runs_it_once_more(
+    server: TestServer, client: ModelClient, store: Path, effects: Path
+) -> None:
+    server.script(Reply.tool_calls(ToolCall("charge", {"amount": 7}, id="pay")))
+    assert app(server, store, "start", KILL_IN="charge") is None
+    server.script(Reply.text("Charged."))
+    result = await run_agent(agent, [], session(store), approvals={"pay": True}, client=client)
+    assert result["status"] == "completed"
+    assert tool_results(server.requests[-1])["pay"] == "charged 7"
+    assert len(ran(effects, "charge")) == 2  # the person chose to run it again
+
+
+async def test_an_idempotent_call_stopped_mid_run_is_not_pending_and_runs_again(
+    server: TestServer, client: ModelClient, store: Path, effects: Path
+) -> None:
+    server.script(Reply.tool_calls(ToolCall("notify", {"message": "hi"}, id="tell")))
+    assert app(server, store, "start", KILL_IN="notify") is None
+    assert await pending_interruptions(agent, session(store)) == []
+    server.script(Reply.text("Told."))
+    result = await run_agent(agent, [{"role": "user", "content": "Done?"}], session(store), client=client)
+    assert result["status"] == "completed" and ran(effects, "notify") == ["hi", "hi"]
+    assert [m["role"] for m in server.requests[-1].messages[-3:]] == ["assistant", "tool", "user"]

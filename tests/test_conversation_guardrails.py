@@ -183,6 +183,68 @@ def no_codes(text: str) -> GuardrailResult | None:
     return None
 
 
+def ask_about_wires(text: str) -> None:
+    if "wire" in text.lower():
+        raise GuardrailInterrupt("A wire: let the agent see it?")
+
+
+def chained() -> Agent:
+    """One guardrail before the one that asks (blocks passwords), one after it (redacts cards)."""
+    chain = [MessageGuardrail(no_passwords), MessageGuardrail(ask_about_wires), MessageGuardrail(redact_cards)]
+    return Agent(name="Guarded", model="m", instructions="Be helpful.", guardrails=chain)
+
+
+async def test_an_edited_message_goes_through_every_message_guardrail_again(
+    server: TestServer, client: ModelClient, store: Path
+) -> None:
+    agent = chained()
+
+    async def paused(conversation: str) -> str:
+        result = await run_agent(agent, ask("wire 500 to Ada"), session(store, conversation), client=client)
+        assert result["status"] == "interrupted"
+        return str(result["interruptions"][0]["tool_call_id"])
+
+    # An edit that a guardrail before the approving one refuses: blocked, the model never sees it.
+    mid = await paused("before")
+    edit = {"approve": True, "args": {"content": "wire 500, my password is hunter2"}}
+    result = await run_agent(agent, [], session(store, "before"), approvals={mid: edit}, client=client)
+    assert result["status"] == "blocked" and result["final_output"] == "messages must not contain passwords"
+    assert server.requests == [] and "hunter2" not in json.dumps(await session(store, "before").get_items())
+    # One that a guardrail after it redacts; the one that asked is not asked again about the edit.
+    mid = await paused("after")
+    server.script(Reply.text("Wiring."))
+    edit = {"approve": True, "args": {"content": "wire 50 from card 4111 1111 1111 1111"}}
+    result = await run_agent(agent, [], session(store, "after"), approvals={mid: edit}, client=client)
+    assert result["status"] == "completed"
+    assert server.requests[-1].messages[-1]["content"] == "wire 50 from card [card]"
+    # Approved as it was: the guardrails after the one that asked still see it.
+    mid = await paused("as-is")
+    await run_agent(agent, [], session(store, "as-is"), approvals={mid: True}, client=client)
+    assert await pending_interruptions(agent, session(store, "as-is")) == []
+
+
+async def test_an_edited_message_can_pause_again_for_another_guardrail(
+    server: TestServer, client: ModelClient, store: Path
+) -> None:
+    def ask_about_refunds(text: str) -> None:
+        if "refund" in text.lower():
+            raise GuardrailInterrupt("A refund: let the agent see it?")
+
+    chain = [MessageGuardrail(ask_about_refunds), MessageGuardrail(ask_about_wires)]
+    agent = Agent(name="Guarded", model="m", instructions="Be helpful.", guardrails=chain)
+    first = await run_agent(agent, ask("wire 5"), session(store), client=client)
+    mid = first["interruptions"][0]["tool_call_id"]
+    edit = {"approve": True, "args": {"content": "wire 5 as a refund"}}
+    again = await run_agent(agent, [], session(store), approvals={mid: edit}, client=client)
+    assert again["status"] == "interrupted" and server.requests == []
+    [waiting] = await pending_interruptions(agent, session(store))
+    assert waiting.args == {"content": "wire 5 as a refund"} and waiting.prompt == "A refund: let the agent see it?"
+    server.script(Reply.text("Done."))
+    done = await run_agent(agent, [], session(store), approvals={waiting.tool_call_id: True}, client=client)
+    assert done["status"] == "completed"
+    assert server.requests[-1].messages[-1]["content"] == "wire 5 as a refund"
+
+
 async def test_a_streamed_answer_blocked_part_way_never_shows_the_blocked_text(
     server: TestServer, client: ModelClient, store: Path
 ) -> None:

@@ -334,6 +334,28 @@ async def test_a_paused_message_is_listed_and_decided_as_a_call_is(
         assert [m["content"] for m in (await r.json())["messages"]] == ["please wire 50 to Ada", "Sending 50."]
 
 
+async def test_an_edited_message_is_checked_by_the_message_guardrails_again(
+    guarded: str, server: TestServer, http: aiohttp.ClientSession
+) -> None:
+    cid = unique()
+    mid = await pause_message(http, guarded, cid)
+    edit = {"decisions": [{"tool_call_id": mid, "approve": True, "args": {"content": "wire it, password hunter2"}}]}
+    async with http.post(guarded_conv(guarded, cid, "decisions"), json=edit) as r:
+        result = await r.json()
+    assert (result["status"], result["final_output"]) == ("blocked", "never send passwords here")
+    assert server.requests == []  # the edited text never reached the model
+    async with http.get(guarded_conv(guarded, cid)) as r:
+        shown = await r.json()
+    assert shown["messages"] == [] and shown["pending"] == [] and "hunter2" not in json.dumps(shown)
+    cid = unique()
+    mid = await pause_message(http, guarded, cid)
+    server.script(Reply.text("Wiring."))
+    edit = {"decisions": [{"tool_call_id": mid, "approve": True, "args": {"content": "pay from 4111 1111 1111 1111"}}]}
+    async with http.post(guarded_conv(guarded, cid, "decisions"), json=edit) as r:
+        assert (await r.json())["status"] == "completed"
+    assert server.requests[-1].messages[-1]["content"] == "pay from [card]"
+
+
 async def test_a_paused_message_waits_through_a_restart(
     store_and_spec: tuple[Store, str],  # noqa: F811
     model: ModelClient,
@@ -457,9 +479,29 @@ async def test_every_bad_request_is_json_with_its_status(
             "POST",
             f"{base}/c/decisions",
             {"json": {"decisions": [{"tool_call_id": "nope", "approve": True}]}},
-            (409, "ApprovalError"),
+            (404, "NotFound"),
         ),
+        ("GET", f"{base}/never-seen/pending", {}, (404, "NotFound")),
+        ("GET", f"{base}/never-seen/events", {}, (404, "NotFound")),
+        ("GET", f"{base}/never-seen/events?follow=false", {}, (404, "NotFound")),
+        ("POST", base, {"json": {"conversation_id": "../x"}}, (400, "SessionNameError")),
+        ("POST", base, {"json": {"conversation_id": "a/b"}}, (400, "SessionNameError")),
+        ("POST", base, {"json": {"conversation_id": ".."}}, (400, "SessionNameError")),
+        # No coercion: the OpenAPI document says boolean, string, and so it is.
+        ("POST", base, {"json": {"conversation_id": 5}}, (422, "ValidationError")),
+        ("POST", f"{base}/c/messages", {"json": {"content": 5}}, (422, "ValidationError")),
     ]
+    for flag in ("yes", "1", "on", "False"):
+        cases.append(
+            ("POST", f"{base}/c/messages?background={flag}", {"json": {"content": "x"}}, (422, "ValidationError"))
+        )
+        cases.append(("GET", f"{base}/c/events?follow={flag}", {}, (422, "ValidationError")))
+    for approve in ("yes", 1, "off", 0, "true", None):
+        decision = {"decisions": [{"tool_call_id": "x", "approve": approve}]}
+        cases.append(("POST", f"{base}/c/decisions", {"json": decision}, (422, "ValidationError")))
+    for field, value in (("tool_call_id", 5), ("message", 5), ("args", [1])):
+        decision = {"decisions": [{"tool_call_id": "x", "approve": False, field: value}]}
+        cases.append(("POST", f"{base}/c/decisions", {"json": decision}, (422, "ValidationError")))
     for method, url, extra, expected in cases:
         headers = {**auth, **extra.pop("headers", {})}
         async with http.request(method, url, headers=headers, **extra) as r:
@@ -478,12 +520,47 @@ async def test_every_bad_request_is_json_with_its_status(
         assert (await r.json())["status"] == "interrupted"
     async with http.post(f"{base}/w/messages", json={"content": "again"}, headers=auth) as r:
         assert await status_and_type(r) == (409, "ApprovalError")
+    nope = {"decisions": [{"tool_call_id": "nope", "approve": True}]}
+    async with http.post(f"{base}/w/decisions", json=nope, headers=auth) as r:
+        assert await status_and_type(r) == (409, "ApprovalError")  # it exists: no such call waits
+    for after in ("zzz", "1", "abc-", "abcd-²"):
+        async with http.get(f"{base}/w/events", params={"after": after, "follow": "false"}, headers=auth) as r:
+            assert await status_and_type(r) == (400, "BadRequest"), after
+    async with http.get(f"{base}/w/events", params={"after": "0badcafe-3", "follow": "false"}, headers=auth) as r:
+        assert r.status == 200  # another server's id (from before a restart): from the start
     bad_edit = {"decisions": [{"tool_call_id": "call_w", "approve": True, "args": {"to": "Ada", "amount": "lots"}}]}
     async with http.post(f"{base}/w/decisions", json=bad_edit, headers=auth) as r:
         status, kind = await status_and_type(r)
         assert (status, kind) == (422, "ValidationError")
     async with http.get(f"{base}/w/pending", headers=auth) as r:
         assert [p["tool_call_id"] for p in (await r.json())["pending"]] == ["call_w"]  # nothing was decided
+
+
+async def test_a_store_that_is_down_is_a_503_streamed_or_not(
+    model: ModelClient, ledger: Path, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app([bank_agent(ledger)], store="postgresql://x@127.0.0.1:1/x", client=model)
+    with caplog.at_level("WARNING", logger="timestep.server"), LiveServer(app) as url:
+        for headers in ({}, SSE):
+            async with http.post(conv(url, "c", "messages"), json={"content": "Hi"}, headers=headers) as r:
+                assert await status_and_type(r) == (503, "SessionUnavailableError"), headers
+        async with http.get(conv(url, "c")) as r:
+            assert await status_and_type(r) == (503, "SessionUnavailableError")
+    assert caplog.text.count("the store is unavailable") == 3
+
+
+async def test_a_run_that_fails_once_streaming_ends_with_an_error_event_and_a_log_line(
+    serve: str, server: TestServer, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.script(Reply.error(400, "the model is gone"))
+    with caplog.at_level("WARNING", logger="timestep.server"):
+        async with http.post(conv(serve, unique(), "messages"), json={"content": "Hi"}, headers=SSE) as r:
+            assert r.status == 200
+            seen = [e async for _, e in sse(r)]  # to the end of the stream: it ends
+    kinds = [e["type"] for e in seen]
+    assert kinds[0] == "run_start" and "error" in kinds and kinds[-1] == "run_end"
+    assert seen[-1]["status"] == "error"
+    assert "ModelHTTPError" in caplog.text and "the model is gone" in caplog.text
 
 
 def test_create_app_refuses_what_it_cannot_serve(ledger: Path) -> None:

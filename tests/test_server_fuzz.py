@@ -19,7 +19,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
 from schemathesis.config import SchemathesisConfig
 
-from tests.server_fixtures import LiveServer, bank_agent
+from tests.server_fixtures import LiveServer, bank_agent, guarded_agent, typed_agent
 from timestep import ModelClient
 from timestep.server import create_app
 from timestep.testing import Reply, TestServer
@@ -29,7 +29,8 @@ from timestep.testing import Reply, TestServer
 def api_url(tmp_path: Path, server: TestServer) -> Iterator[str]:
     server.responder = lambda body: Reply.text("ok")
     model = ModelClient(base_url=server.base_url, api_key="sk-test", max_retries=0)
-    app = create_app([bank_agent(tmp_path / "ledger")], store=str(tmp_path / "c"), client=model)
+    agents = [bank_agent(tmp_path / "ledger"), guarded_agent(), typed_agent()]
+    app = create_app(agents, store=str(tmp_path / "c"), client=model)
     with LiveServer(app) as url:
         yield url
 
@@ -46,10 +47,13 @@ CHECKS = [
 REFUSALS = ["400", "401", "404", "405", "409", "413", "422"]
 CONFIG = SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {"expected-statuses": REFUSALS}}})
 
-# Valid requests to the served agent (so that they reach the runs), valid ones to any agent, and
-# invalid ones: each must be answered as the document says.
+# Valid requests to each served agent (so that they reach the runs: tool guardrails, message and
+# answer guardrails, a typed answer), valid ones to any agent, and invalid ones: each must be
+# answered as the document says.
 VARIANTS = [
     (GenerationMode.POSITIVE, {"agent": "Bank"}),
+    (GenerationMode.POSITIVE, {"agent": "Guarded"}),
+    (GenerationMode.POSITIVE, {"agent": "Weather"}),
     (GenerationMode.POSITIVE, None),
     (GenerationMode.NEGATIVE, {"agent": "Bank"}),
 ]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .approvals import Interruption, Seal, digest, fingerprint, parse_decision
+from .approvals import Decision, Interruption, Seal, digest, fingerprint, parse_decision
 from .exceptions import OutputValidationError
 from .guardrails import AnswerGuardrail, GuardrailInterrupt, GuardrailResult, MessageGuardrail, labels
 
@@ -232,33 +232,89 @@ class Checked:
     interruption: Interruption | None = None
 
 
-async def check_messages(agent: Agent, session: Session, ctx: RunContext, head: Event, messages: list[Item]) -> Checked:
-    """Run the message guardrails over each user message; redact, block, ask or pause."""
+Approved = set[tuple[str, str]]  # (guardrail label, fingerprint of the text a person let through)
+
+
+async def check_messages(
+    agent: Agent,
+    session: Session,
+    ctx: RunContext,
+    head: Event,
+    messages: list[Item],
+    *,
+    start: int = 0,
+    first: int = 0,
+    approved: Approved | None = None,
+) -> Checked:
+    """Run the message guardrails over each user message from ``start``; redact, block, ask or pause.
+
+    A person's approval lets the chain go on with the next guardrail; an edit starts the whole
+    chain again on the edited text, as for a tool call's arguments (the guardrail that asked is
+    not asked again about the text the person approved). ``first`` and ``approved`` resume a chain
+    after a paused message's decision: from the guardrail after the one that asked, or (an edit)
+    from the first one.
+    """
     chain = agent.message_guardrails
     if not chain:
         return Checked(messages)
     out = [dict(m) for m in messages]
-    for m in out:
-        if m.get("role") != "user" or not isinstance(m.get("content"), str):
+    for n, m in enumerate(out):
+        if n < start or m.get("role") != "user" or not isinstance(m.get("content"), str):
             continue
-        for g, label in zip(chain, labels(chain), strict=True):
+        stop = await _guard(agent, session, ctx, head, out, m, first if n == start else 0, set(approved or ()))
+        if stop is not None:
+            return stop
+    return Checked(out)
+
+
+async def _guard(
+    agent: Agent,
+    session: Session,
+    ctx: RunContext,
+    head: Event,
+    out: list[Item],
+    m: Item,
+    first: int,
+    approved: Approved,
+) -> Checked | None:
+    """The chain over one message (edited in place); why the run stops, or None to go on."""
+    chain = agent.message_guardrails
+    names = labels(chain)
+    for _ in range(len(chain) + 2):
+        restart = False
+        for g, label in list(zip(chain, names, strict=True))[first:]:
+            text = m["content"]
             try:
-                verdict = await _judge(g, m["content"])
+                verdict = await _judge(g, text)
             except GuardrailInterrupt as interrupt:
-                decided = await _ask_inline(agent, ctx, label, interrupt, m["content"])
+                if (label, _fingerprint(text)) in approved:
+                    continue
+                decided = await _ask_inline(agent, ctx, label, interrupt, text)
                 if decided is None:
-                    return _pause(agent, session, ctx, head, label, interrupt, out, m["content"])
+                    return _pause(agent, session, ctx, head, label, interrupt, out, text, approved)
                 if not decided.approve:
                     return _blocked(ctx, head, label, _declined(decided.message))
-                if decided.args is not None and isinstance(decided.args.get("content"), str):
-                    m["content"] = decided.args["content"]
+                edited = decided.args.get("content") if decided.args is not None else None
+                approved.add((label, _fingerprint(text)))
+                if isinstance(edited, str) and edited != text:
+                    m["content"] = edited
+                    approved.add((label, _fingerprint(edited)))
+                    restart = True
+                    break
                 continue
             if verdict.action == "block":
                 return _blocked(ctx, head, label, verdict.reason or "blocked")
             if verdict.action == "replace" and isinstance(verdict.result, str):
                 m["content"] = verdict.result
                 _announce(ctx, head, label, "replace", verdict.reason)
-    return Checked(out)
+        if not restart:
+            return None
+        first = 0  # an edit: the whole chain checks the edited text again
+    return _blocked(ctx, head, "approvals", "the edited message kept changing; it was not sent")
+
+
+def _fingerprint(text: str) -> str:
+    return fingerprint(MESSAGE_TOOL, {"content": text})
 
 
 def _blocked(ctx: RunContext, head: Event, label: str, reason: str) -> Checked:
@@ -293,6 +349,7 @@ def _pause(
     interrupt: GuardrailInterrupt,
     messages: list[Item],
     text: str,
+    approved: Approved | None = None,
 ) -> Checked:
     mid = f"msg_{secrets.token_hex(12)}"
     args = {"content": text}
@@ -308,6 +365,8 @@ def _pause(
         "agent": agent.name,
         "messages": messages,
     }
+    if approved:  # what a person already let through, before this question: not asked again
+        record["approved"] = sorted([label, fp] for label, fp in approved)
     Seal.of(session, ctx.config.approval_secret).sign(record)
     question = Interruption(mid, MESSAGE_TOOL, args, interrupt.prompt, agent.name, "message")
     ctx.emit(_interrupt_event(head, question))
@@ -403,9 +462,29 @@ async def resume_message(agent: Agent, session: Session, ctx: RunContext, head: 
     )
     if not decision.approve:
         return Checked([], [decided], "blocked", _declined(decision.message))
+    return await _after_decision(agent, session, ctx, head, record, decision, decided)
+
+
+async def _after_decision(
+    agent: Agent, session: Session, ctx: RunContext, head: Event, record: Item, decision: Decision, decided: Item
+) -> Checked:
+    """An approved message goes on through the guardrails after the one that asked; an edited one
+    through the whole chain again, before any model sees it."""
     messages = [dict(m) for m in record["messages"]]
+    last = max(n for n, m in enumerate(messages) if m.get("role") == "user")
+    shown = str(messages[last].get("content"))
+    label = str(record.get("guardrail"))
+    earlier = record.get("approved")
+    pairs = earlier if isinstance(earlier, list) else []
+    approved = {(str(a[0]), str(a[1])) for a in pairs if isinstance(a, list) and len(a) == 2}
+    approved.add((label, _fingerprint(shown)))
     edited = decision.args.get("content") if decision.args else None
-    if isinstance(edited, str):
-        last = max(n for n, m in enumerate(messages) if m.get("role") == "user")
+    names = labels(agent.message_guardrails)
+    first = names.index(label) + 1 if label in names else 0
+    if isinstance(edited, str) and edited != shown:
         messages[last]["content"] = edited
-    return Checked(messages, [decided])
+        approved.add((label, _fingerprint(edited)))
+        first = 0
+    checked = await check_messages(agent, session, ctx, head, messages, start=last, first=first, approved=approved)
+    checked.journal.insert(0, decided)
+    return checked

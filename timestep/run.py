@@ -29,6 +29,7 @@ from .approvals import (
     PendingCall,
     Seal,
     check_interrupt,
+    check_started,
     delegate_received,
     load,
     parse_decision,
@@ -53,7 +54,7 @@ from .exceptions import (
     TimestepError,
     UsageLimitExceeded,
 )
-from .execution import ApprovalHandler, CallOutcome, Event, RunContext, execute_call
+from .execution import ApprovalHandler, CallOutcome, Event, RunContext, _unknown_outcome_record, execute_call
 from .handoffs import HANDOFF_RECEIVED, delegate_session
 from .model import ModelClient
 from .output import FINAL_ANSWER_TOOL
@@ -779,10 +780,14 @@ async def pending_interruptions(agent: Agent, session: Session, config: RunConfi
     what is pending and then answer with ``run_agent(agent, [], session, approvals=...)``. A stored
     question that was changed since it was asked (or, with an approval secret, one not signed with
     it) is an ``ApprovalError``: a person must never be shown something other than what would run.
+
+    A call that started and has no result (its process stopped while it ran) is listed too, as the
+    ``unknown_outcome`` question a resumed run would ask, unless its tool is idempotent (a resumed
+    run simply runs it again): a person sees it, and may answer it, before any run has asked.
     """
     secret = (config or RunConfig()).approval_secret
     found = []
-    for call, where in await _pending_interrupts(agent, session, 0):
+    for call, where, _ in await _pending_interrupts(agent, session, 0, secret=secret):
         assert call.interrupt is not None
         record = call.interrupt
         check_interrupt(Seal.of(where, secret), call, record)
@@ -807,18 +812,18 @@ async def _check_approvals(
 ) -> ConversationState:
     """Refuse, before anything runs, approvals that match no pending call, and messages sent while calls wait."""
     state = replay(*await load(session))
-    pending = await _pending_interrupts(agent, session, 0, state)
+    pending = await _pending_interrupts(agent, session, 0, state, secret)
     messages = {str(r["call"]): (r, s) for _, r, s in await _pending_messages(agent, session, 0, state)}
     for record, level_session in messages.values():
         check_message_record(Seal.of(level_session, secret), record)
     if has_messages and (pending or messages):
-        ids = ", ".join([*(p.id for p, _ in pending), *messages])
+        ids = ", ".join([*(p.id for p, _, _ in pending), *messages])
         raise ApprovalError(
             f"conversation {session.conversation_id!r} has tool calls awaiting approval ({ids}); "
             "resume it with run_agent(agent, [], session, approvals={...}) before sending a new message"
         )
-    waiting = {p.id: p for p, _ in pending}
-    where = {p.id: s for p, s in pending}
+    waiting = {p.id: p for p, _, _ in pending}
+    where = {p.id: s for p, s, _ in pending}
     for cid in decisions:
         p = waiting.get(cid)
         if p is None and cid in messages:
@@ -837,24 +842,56 @@ async def _check_approvals(
                 "(its arguments changed in the session); refusing to approve it"
             )
         check_interrupt(Seal.of(where[cid], secret), p, p.interrupt)
+    # A stopped call decided before any run asked about it: its question is stored now, as the
+    # resumed run would have stored it, so the decision answers a question the journal holds. One
+    # not decided is left for the run to ask (and store) as it always has.
+    for p, level_session, unasked in pending:
+        if unasked and p.id in decisions and p.interrupt is not None:
+            await level_session.add_items([p.interrupt])
+        elif unasked:
+            p.interrupt = None
     return state
 
 
 async def _pending_interrupts(
-    agent: Agent, session: Session, depth: int, state: ConversationState | None = None
-) -> list[tuple[PendingCall, Session]]:
-    """Open interruptions at this level and, through pending handoffs, in every delegate below."""
+    agent: Agent,
+    session: Session,
+    depth: int,
+    state: ConversationState | None = None,
+    secret: str | bytes | None = None,
+) -> list[tuple[PendingCall, Session, bool]]:
+    """Open interruptions at this level and, through pending handoffs, in every delegate below.
+
+    Each comes with its level's session and whether its question is not stored yet: a started
+    call left without a result, whose ``unknown_outcome`` question is made here as a resumed run
+    would make it (and set on the call, so that a run going on from ``state`` finds it asked).
+    """
     if state is None:
         state = replay(*await load(session))
-    found: list[tuple[PendingCall, Session]] = []
+    found: list[tuple[PendingCall, Session, bool]] = []
     for p in state.pending:
         if p.interrupt is not None and p.decision is None:
-            found.append((p, session))
+            found.append((p, session, False))
             continue
         target = agent.get_handoff(p.name)
         if target is not None and p.started and depth < 64:
-            found += await _pending_interrupts(target, delegate_session(agent, target, session), depth + 1)
+            below = delegate_session(agent, target, session)
+            found += await _pending_interrupts(target, below, depth + 1, secret=secret)
+        elif _stopped_unknown(agent, p):
+            seal = Seal.of(session, secret)
+            check_started(seal, p)
+            args = p.started_args if p.started_args is not None else {}
+            p.interrupt, p.decision = seal.sign(_unknown_outcome_record(agent, p, args)), None
+            found.append((p, session, True))
     return found
+
+
+def _stopped_unknown(agent: Agent, p: PendingCall) -> bool:
+    """A call that started, has no result and no question yet, and that would not simply run again."""
+    if not p.started or p.result is not None or p.interrupt is not None:
+        return False
+    tool = agent.get_tool(p.name)
+    return agent.get_handoff(p.name) is None and not (tool is not None and tool.idempotent)
 
 
 async def _pending_messages(

@@ -9,9 +9,11 @@ or one made now and printed once, on stderr (it is never logged).
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import secrets
+import socket
 from typing import Any
 
 import click
@@ -47,6 +49,23 @@ def pick_token(host: str, environ: dict[str, str] | os._Environ[str] = os.enviro
     if given is not None or is_loopback(host):
         return given, False
     return secrets.token_urlsafe(24), True
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here rather than by uvicorn, so that an address in use is one clear error."""
+    address = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        shown = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        why = "the address is already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        hint = "; choose another with --port" if exc.errno == errno.EADDRINUSE else "; check --host and --port"
+        raise click.ClickException(f"cannot listen on {shown}: {why}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @click.command("serve", context_settings=CONTEXT)
@@ -103,8 +122,16 @@ def serve(agents: tuple[str, ...], store: str, host: str, port: int, offline: bo
         options = ChatOptions(offline=offline, base_url=endpoint.get("base_url"), api_key=endpoint.get("api_key"))
         client = open_endpoint(options, stack)
         app = create_app(loaded, store=open_store(store), client=client, token=token)
+        sock = stack.enter_context(listen(host, port))
+        port = sock.getsockname()[1]
         where = f"http://{host}:{port}/"
         click.echo(f"serving {', '.join(a.name for a in loaded)} at {where} (API: {where}api/docs)", err=True)
         if made:
             click.echo(f"bearer token (shown once; set {TOKEN_ENV} to choose one): {token}", err=True)
-        uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="info", server_header=False, timeout_graceful_shutdown=5
+        )
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+        if not server.started:
+            raise click.ClickException(f"the server at {where} did not start (see the lines above)")

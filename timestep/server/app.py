@@ -30,11 +30,13 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BeforeValidator
 from pydantic_core import to_jsonable_python
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 
 from ..agent import Agent
+from ..approvals import ConversationState, load, replay
 from ..exceptions import (
     ApprovalError,
     ConfigurationError,
@@ -88,6 +90,14 @@ class Server:
     def session(self, agent: Agent, conversation_id: str) -> Session:
         check_names(agent.name, conversation_id)
         return self.store.session(agent.name, conversation_id, agent.instructions)
+
+    async def existing(self, agent: Agent, conversation_id: str) -> Session:
+        """The session of a conversation that exists (created here, running, or stored), else a 404."""
+        session = self.session(agent, conversation_id)
+        known = (agent.name, conversation_id) in self.created or self.runs.current(agent.name, conversation_id)
+        if not known and not await _stored(session):
+            raise HTTPException(404, f"no conversation {conversation_id!r} of {agent.name}")
+        return session
 
     async def pending(self, agent: Agent, session: Session) -> list[schemas.Pending]:
         return [
@@ -222,6 +232,8 @@ def _handlers(app: FastAPI) -> None:
         status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
         if status == 500:
             log.error("request failed: %s: %s", type(exc).__name__, exc)
+        elif status == 503:
+            log.warning("request refused, the store is unavailable: %s", exc)
         return _error(status, type(exc).__name__, str(exc) or type(exc).__name__)
 
     async def http_error(_: Request, exc: Exception) -> Response:
@@ -263,6 +275,28 @@ async def _stored(session: Session) -> bool:
     return bool(await get_journal()) if get_journal is not None else False
 
 
+def _flag(value: Any) -> Any:
+    """A boolean query parameter is ``true`` or ``false``, as the OpenAPI document says (not ``yes``, ``1``, ``on``)."""
+    if isinstance(value, str) and value not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return value == "true" if isinstance(value, str) else value
+
+
+def _unfinished(state: ConversationState) -> bool:
+    """Whether a run of this conversation stopped before its end: calls without a result, or no answer yet."""
+    last = state.messages[-1] if state.messages else {}
+    return bool(state.pending) or last.get("role") in ("user", "tool")
+
+
+def _check_routable(conversation_id: str) -> None:
+    """An id the API's URLs can name: one path segment, so no ``/`` and not ``.`` or ``..``."""
+    if "/" in conversation_id or conversation_id in (".", ".."):
+        raise SessionNameError(
+            f"conversation_id {conversation_id!r} cannot be named in a URL path: "
+            "use one without '/' that is not '.' or '..'"
+        )
+
+
 def _new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
@@ -284,7 +318,9 @@ def _routes(server: Server) -> APIRouter:  # noqa: C901 - one closure per route,
         return server.agent(agent)
 
     AgentDep = Annotated[Agent, Depends(agent_of)]
-    Background = Annotated[bool, Query(description="Answer 202 at once; follow the run on /events")]
+    Background = Annotated[
+        bool, BeforeValidator(_flag), Query(description="Answer 202 at once; follow the run on /events")
+    ]
 
     @router.get("/health", include_in_schema=False)
     async def health() -> dict[str, str]:
@@ -329,6 +365,7 @@ def _routes(server: Server) -> APIRouter:  # noqa: C901 - one closure per route,
         agent: AgentDep, body: schemas.NewConversation | None = None
     ) -> schemas.ConversationSummary:
         cid = (body.conversation_id if body is not None else None) or _new_id()
+        _check_routable(cid)
         session = server.session(agent, cid)
         if (agent.name, cid) in server.created or await _stored(session):
             raise HTTPException(409, f"conversation {cid!r} already exists")
@@ -343,19 +380,20 @@ def _routes(server: Server) -> APIRouter:  # noqa: C901 - one closure per route,
         summary="A conversation: its messages, the calls waiting, whether a run is going on",
     )
     async def show_conversation(agent: AgentDep, conversation_id: str) -> schemas.Conversation:
-        session = server.session(agent, conversation_id)
         event_log = runs.log(agent.name, conversation_id)
         cursor = event_log.event_id(event_log.last)  # before reading: a message stored meanwhile comes again
-        if not await _stored(session) and (agent.name, conversation_id) not in server.created:
-            raise HTTPException(404, f"no conversation {conversation_id!r} of {agent.name}")
-        messages = [m for m in await session.get_items() if m.get("role") != "system"]
+        session = await server.existing(agent, conversation_id)
+        stored, journal = await load(session)
+        messages = [m for m in stored if m.get("role") != "system"]
         pending = await server.pending(agent, session)
+        running = runs.current(agent.name, conversation_id) is not None
         return schemas.Conversation(
             agent=agent.name,
             conversation_id=conversation_id,
             messages=messages,
             pending=pending,
-            running=runs.current(agent.name, conversation_id) is not None,
+            running=running,
+            unfinished=not running and not pending and _unfinished(replay(stored, journal)),
             cursor=cursor,
         )
 
@@ -401,7 +439,7 @@ def _routes(server: Server) -> APIRouter:  # noqa: C901 - one closure per route,
         summary="The calls waiting for a person, delegates' included",
     )
     async def list_pending(agent: AgentDep, conversation_id: str) -> schemas.PendingList:
-        session = server.session(agent, conversation_id)
+        session = await server.existing(agent, conversation_id)
         return schemas.PendingList(pending=await server.pending(agent, session))
 
     @router.post(
@@ -417,7 +455,7 @@ def _routes(server: Server) -> APIRouter:  # noqa: C901 - one closure per route,
         body: schemas.Decisions,
         background: Background = False,
     ) -> Any:
-        session = server.session(agent, conversation_id)
+        session = await server.existing(agent, conversation_id)
         approvals = {d.tool_call_id: d.as_value() for d in body.decisions}
         if len(approvals) != len(body.decisions):
             raise HTTPException(400, "a tool call is decided twice in one request")
@@ -450,11 +488,16 @@ def _routes(server: Server) -> APIRouter:  # noqa: C901 - one closure per route,
         conversation_id: str,
         last_event_id: Annotated[str | None, Header(max_length=100)] = None,
         after: Annotated[str | None, Query(max_length=100, description="Like Last-Event-ID")] = None,
-        follow_live: Annotated[bool, Query(alias="follow", description="Keep following new events")] = True,
+        follow_live: Annotated[
+            bool, BeforeValidator(_flag), Query(alias="follow", description="Keep following new events")
+        ] = True,
     ) -> Response:
-        server.session(agent, conversation_id)
+        await server.existing(agent, conversation_id)
         event_log = runs.log(agent.name, conversation_id)
-        start = event_log.cursor(last_event_id or after)
+        try:
+            start = event_log.cursor(last_event_id or after)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
         if not follow_live:
             return EventSourceResponse(_sse(event_log, event_log.after(start)))
         return EventSourceResponse(_follow_sse(event_log, start, None), ping=15)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
@@ -35,6 +36,7 @@ from ..sessions.base import Item, Session
 log = logging.getLogger("timestep.server")
 
 Event = dict[str, Any]
+EVENT_ID = re.compile(r"(?P<epoch>[0-9a-f]{1,64})-(?P<n>[0-9]{1,18})")
 
 
 class EventLog:
@@ -54,13 +56,19 @@ class EventLog:
         return f"{self.epoch}-{n}"
 
     def cursor(self, last_event_id: str | None) -> int:
-        """The number after which a client that saw ``last_event_id`` continues (0: from the start)."""
+        """The number after which a client that saw ``last_event_id`` continues (0: from the start).
+
+        An id that is not an event id at all is a ``ValueError`` (the client's mistake, a 400):
+        only a well-formed one of another server (from before a restart) means "from the start".
+        """
         if not last_event_id:
             return 0
-        epoch, _, n = last_event_id.strip().rpartition("-")
-        if epoch != self.epoch or not n.isdigit():
-            return 0  # another server's (or a made-up) id: everything this server has
-        return min(int(n), self._last)
+        found = EVENT_ID.fullmatch(last_event_id.strip())
+        if found is None:
+            raise ValueError(f"{last_event_id!r} is not an event id (they look like {self.event_id(0)!r})")
+        if found["epoch"] != self.epoch:
+            return 0  # another server's id: everything this server has
+        return min(int(found["n"]), self._last)
 
     def append(self, event: Event) -> None:
         self._last += 1
@@ -183,7 +191,9 @@ class Runs:
         )
         run.task = asyncio.get_running_loop().create_task(self._drive(handle, run, agent.name))
         await asyncio.wait([run.started, run.task], return_when=asyncio.FIRST_COMPLETED)
-        if not run.started.done():  # the task ended without a single event: it raised
+        if not run.started.done() or run.started.cancelled() or run.started.exception() is not None:
+            # The task ended without a single event: it raised (a store that is down, a refused
+            # approval), and the request gets that error, streamed or not, not an empty stream.
             conversation.run = None
             await run.task
             raise RuntimeError("the run ended before it started")  # pragma: no cover - run_agent always emits
@@ -211,6 +221,8 @@ class Runs:
                 run.started.cancel()
 
     def _record(self, run: Run, event: Event) -> None:
+        if event.get("type") == "error":  # on the stream, and in the server's log: nobody may be watching
+            log.warning("run of %s: %s: %s", event.get("agent"), event.get("error_type"), event.get("error"))
         if not run.started.done():
             run.started.set_result(None)
         run.events.append(event)

@@ -15,7 +15,9 @@ MAX_TEXT = 100_000
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: no field it does not declare, and no coercion (``"yes"`` or ``1`` is not a boolean)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ErrorDetail(BaseModel):
@@ -100,6 +102,12 @@ class Conversation(BaseModel):
     messages: list[dict[str, Any]] = Field(description="The stored messages, system message left out")
     pending: list[Pending]
     running: bool
+    unfinished: bool = Field(
+        description=(
+            "A run stopped before its end (the server stopped mid-run) and nothing waits for a person: "
+            "the next message resumes it first (an unfinished idempotent call runs again)"
+        )
+    )
     cursor: str = Field(description="An event id: follow /events after it (Last-Event-ID) to see what comes next")
 
 

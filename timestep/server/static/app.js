@@ -132,7 +132,8 @@ async function openConversation(id) {
   for (const m of shown.messages) renderMessage(m, $("transcript"), state.agent);
   state.snapshot = shown.messages.slice(-20).map((m) => JSON.stringify(m));
   renderPending(shown.pending);
-  setStatus(shown.running ? "running…" : "");
+  const stopped = "the last run stopped before its end (the server stopped): your next message continues it";
+  setStatus(shown.running ? "running…" : shown.unfinished ? stopped : "");
   follow(shown.cursor);
 }
 
