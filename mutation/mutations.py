@@ -810,7 +810,10 @@ ISSUE_19_STORES_AND_MODEL = [
         "        _in_background(_give_back_quietly(give_back, token, named))\n        raise",
         "        raise",
         "a waiter cancelled while taking the lock keeps what it got (SQLite and PostgreSQL share this code)",
-        (_c("test_a_waiter_cancelled_while_taking_the_lock_gives_back_what_it_got"),),
+        (
+            _c("test_an_sqlite_waiter_cancelled_while_its_take_waits_for_the_write_lock_gives_the_lease_back"),
+            _c("test_a_waiter_cancelled_while_taking_the_lock_gives_back_what_it_got"),
+        ),
     ),
     Mutation(
         "sqlite-instant-locked-not-retried",
