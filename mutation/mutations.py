@@ -4,7 +4,8 @@
 run stays short; with none given, the whole suite runs. ``harmless`` marks a mutation expected to
 survive, with the reason it cannot matter; every other survivor is a missing test.
 
-The first group is issue 19: changes that once went unnoticed by the whole suite.
+The first group is issue 19: changes that once went unnoticed by the whole suite; the rest of
+that issue's table (its store and model.py rows) is in ``LATER`` and ``ISSUE_19_STORES_AND_MODEL``.
 """
 
 from __future__ import annotations
@@ -776,4 +777,172 @@ CONVERSATION_GUARDS = [
     ),
 ]
 
-MUTATIONS: list[Mutation] = [*ISSUE_19, *MORE, *LATER, *CONVERSATION_GUARDS]
+POSTGRES = "timestep/sessions/postgres.py"
+STORES = "timestep/sessions/stores.py"
+MCP_CONVERT = "timestep/mcp/convert.py"
+SERVER_RUNS = "timestep/server/runs.py"
+CONTRACT = "tests/test_session_contract.py"
+MODEL_TESTS = "tests/test_model.py"
+
+
+def _c(test: str) -> str:
+    return f"{CONTRACT}::{test}"
+
+
+def _m(test: str) -> str:
+    return f"{MODEL_TESTS}::{test}"
+
+
+# The rest of issue 19's table: the sqlite.py and model.py rows each broken by hand once.
+ISSUE_19_STORES_AND_MODEL = [
+    Mutation(
+        "sqlite-lease-released-by-anyone",
+        SQLITE,
+        '            "DELETE FROM leases WHERE agent_name = ? AND conversation_id = ? AND owner = ?",\n'
+        "            (self.agent_name, self.conversation_id, token),",
+        '            "DELETE FROM leases WHERE agent_name = ? AND conversation_id = ?",\n'
+        "            (self.agent_name, self.conversation_id),",
+        "releasing a run lock deletes the lease whoever holds it",
+        (_c("test_giving_a_lock_back_leaves_a_lease_another_run_took"),),
+    ),
+    Mutation(
+        "cancelled-waiter-keeps-lease",
+        SQLITE,
+        "        _in_background(_give_back_quietly(give_back, token, named))\n        raise",
+        "        raise",
+        "a waiter cancelled while taking the lock keeps what it got (SQLite and PostgreSQL share this code)",
+        (
+            _c("test_an_sqlite_waiter_cancelled_while_its_take_waits_for_the_write_lock_gives_the_lease_back"),
+            _c("test_a_waiter_cancelled_while_taking_the_lock_gives_back_what_it_got"),
+        ),
+    ),
+    Mutation(
+        "sqlite-instant-locked-not-retried",
+        SQLITE,
+        'if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == RETRIES - 1:',
+        "if True:",
+        'an instant "database is locked" is no longer retried',
+        (_c("test_sqlite_retries_a_database_is_locked_answered_at_once"),),
+    ),
+    Mutation(
+        "connection-errors-not-retried",
+        MODEL,
+        "                if attempt >= self.max_retries:\n                    raise self._unreachable(",
+        "                if True:\n                    raise self._unreachable(",
+        "connection errors are not retried",
+        (_m("test_a_connection_dropped_before_the_answer_is_retried"),),
+    ),
+    Mutation(
+        "openai-timeout-ignored",
+        MODEL,
+        "            timeout=read,\n            connect_timeout=connect,\n",
+        "",
+        "a configured openai.AsyncOpenAI's timeout is ignored",
+        (
+            _m("test_an_openai_clients_timeout_and_retry_budget_are_used"),
+            _m("test_an_openai_clients_larger_retry_budget_is_used"),
+        ),
+    ),
+    Mutation(
+        "openai-retry-budget-ignored",
+        MODEL,
+        '            max_retries=int(getattr(client, "max_retries", 2)),\n',
+        "",
+        "a configured openai.AsyncOpenAI's retry budget is ignored",
+        (
+            _m("test_an_openai_clients_timeout_and_retry_budget_are_used"),
+            _m("test_an_openai_clients_larger_retry_budget_is_used"),
+        ),
+    ),
+    Mutation(
+        "key-in-a-second-header",
+        MODEL,
+        '            merged["authorization"] = ("Authorization", f"Bearer {self.api_key}")',
+        '            merged["authorization"] = ("Authorization", f"Bearer {self.api_key}")\n'
+        '            merged["x-api-key"] = ("X-Api-Key", self.api_key)',
+        "the key is also sent in a second header",
+        (_m("test_the_key_is_sent_once_and_never_shown"),),
+    ),
+    Mutation(
+        "retry-after-ms-ignored",
+        MODEL,
+        "                if ms is not None:\n"
+        "                    return min(max(float(ms) / 1000, 0.0), MAX_RETRY_AFTER)",
+        "                if False:\n                    pass",
+        "Retry-After in milliseconds (retry-after-ms) is ignored",
+        (_m("test_retry_after_is_waited_for"),),
+    ),
+    Mutation(
+        "retry-after-date-ignored",
+        MODEL,
+        "                if when is not None:\n                    return min(max(when.timestamp() - time.time()",
+        "                if False:\n                    return min(max(when.timestamp() - time.time()",
+        "Retry-After as an HTTP date is ignored",
+        (_m("test_retry_after_is_waited_for"),),
+    ),
+]
+
+# Modules that came later: the PostgreSQL store, MCP's policy, delegates in a store, the server.
+NEWER_MODULES = [
+    Mutation(
+        "pg-lease-released-by-anyone",
+        POSTGRES,
+        '"give_back_lease": f"DELETE FROM {p}leases WHERE agent_name = $1 AND conversation_id = $2 AND owner = $3",',
+        '"give_back_lease": f"DELETE FROM {p}leases WHERE agent_name = $1 AND conversation_id = $2'
+        ' AND (owner = $3 OR true)",',
+        "PostgreSQL: releasing a run lock deletes the lease whoever holds it",
+        (_c("test_giving_a_lock_back_leaves_a_lease_another_run_took"),),
+    ),
+    Mutation(
+        "pg-pop-keeps-generation",
+        POSTGRES,
+        'AND seq >= $2 RETURNING 1) "\n'
+        '            f"UPDATE {p}conversations SET item_count = item_count - (SELECT count(*) FROM gone), '
+        'updated_at = now(), "\n'
+        '            "generation = generation + 1 WHERE id = $1"',
+        'AND seq >= $2 RETURNING 1) "\n'
+        '            f"UPDATE {p}conversations SET item_count = item_count - (SELECT count(*) FROM gone), '
+        'updated_at = now(), "\n'
+        '            "generation = generation WHERE id = $1"',
+        "PostgreSQL: a pop leaves other sessions' read caches standing (they keep the popped message)",
+        ("tests/test_store_speed_safety.py::test_a_reader_sees_appends_pops_and_clears_by_another_session",),
+    ),
+    Mutation(
+        "mcp-destructive-without-approval",
+        MCP_CONVERT,
+        "    return bool(annotations and annotations.destructive_hint)",
+        "    return False",
+        "an MCP tool marked destructiveHint no longer pauses for a person",
+        (
+            "tests/test_mcp.py::test_the_policy_reads_the_annotations",
+            "tests/test_mcp.py::test_destructive_tool_pauses_and_resumes_in_a_new_process",
+        ),
+    ),
+    Mutation(
+        "mcp-any-tool-rerun",
+        MCP_CONVERT,
+        "    return bool(annotations and (annotations.idempotent_hint or annotations.read_only_hint))",
+        "    return True",
+        "an MCP tool with no idempotentHint runs again after a crash",
+        ("tests/test_mcp.py::test_a_crash_reruns_only_idempotent_tools",),
+    ),
+    Mutation(
+        "delegates-by-name-only",
+        STORES,
+        "if _transfer_tool(c.agent_name) in called and c not in found:",
+        "if c not in found:",
+        "a conversation named like a delegate's is taken for one without its caller's transfer call",
+        (_c("test_deleting_with_delegates_takes_only_its_own_delegates"),),
+    ),
+    Mutation(
+        "server-two-runs-per-conversation",
+        SERVER_RUNS,
+        "        if conversation.run is not None and not conversation.run.done:\n            raise ConversationBusy(",
+        "        if False:\n            raise ConversationBusy(",
+        "the server starts a second run of a conversation instead of answering 409 at once",
+        ("tests/test_server.py::test_a_message_while_a_run_goes_on_is_a_conflict",),
+    ),
+]
+
+
+MUTATIONS: list[Mutation] = [*ISSUE_19, *MORE, *LATER, *CONVERSATION_GUARDS, *ISSUE_19_STORES_AND_MODEL, *NEWER_MODULES]

@@ -157,15 +157,15 @@ def report(outcomes: Sequence[Outcome], target: float) -> int:
     by_module: dict[str, list[Outcome]] = {}
     for o in outcomes:
         by_module.setdefault(o.mutation.module, []).append(o)
-    print("\nmodule                      killed  total  rate")
+    print("\nmodule                          killed  total  rate")
     failing = False
     for module, group in sorted(by_module.items()):
         killed = sum(o.killed for o in group)
         rate = killed / len(group)
         failing |= rate < target
-        print(f"{module:<28}{killed:>6}{len(group):>7}  {rate:6.1%}")
+        print(f"{module:<32}{killed:>6}{len(group):>7}  {rate:6.1%}")
     killed = sum(o.killed for o in outcomes)
-    print(f"{'all':<28}{killed:>6}{len(outcomes):>7}  {killed / max(len(outcomes), 1):6.1%}")
+    print(f"{'all':<32}{killed:>6}{len(outcomes):>7}  {killed / max(len(outcomes), 1):6.1%}")
     unexplained = [o for o in outcomes if not o.killed and o.mutation.harmless is None]
     for o in outcomes:
         if not o.killed and o.mutation.harmless is not None:
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = select(args.names, args.module)
     if args.list:
         for m in chosen:
-            print(f"{m.name:<36} {m.module:<24} {m.description}")
+            print(f"{m.name:<36} {m.module:<30} {m.description}")
         print(f"{len(chosen)} mutations, all matching their modules")
         return 0
 

@@ -1249,3 +1249,35 @@ async def test_sqlite_retries_a_database_is_locked_answered_at_once(
         other.close()
     assert await session.get_items() == [{"role": "system", "content": SYSTEM}, user("waited")]
     await session.close()
+
+
+async def test_an_sqlite_waiter_cancelled_while_its_take_waits_for_the_write_lock_gives_the_lease_back(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.db"
+    session = SQLiteSession("assistant", "conv", SYSTEM, path)
+    await session.get_items()  # the file and its schema exist
+    sqlite_store, db = await _sqlite_connection_of(path)
+    statements: list[str] = []
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await db.run(lambda c: c.set_trace_callback(statements.append))
+        other.execute("BEGIN IMMEDIATE")  # the take reads a free lease, then waits here for the write lock
+        cm = session.lock(timeout=5)
+        task = asyncio.create_task(cm.__aenter__())
+        while not any(s.startswith("BEGIN IMMEDIATE") for s in statements):
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+        other.execute("COMMIT")  # now the take goes through, for a run that is gone
+        await db.run(lambda c: None)  # queued behind the take (one worker thread per file)
+        assert any(s.startswith("INSERT INTO leases") for s in statements)  # it did take the lease
+        await db.run(lambda c: c.set_trace_callback(None))
+    finally:
+        other.close()
+        sqlite_store._release(db)
+    async with SQLiteSession("assistant", "conv", SYSTEM, path).lock(timeout=3):  # a kept lease lives 15 s
+        pass
+    await session.close()
