@@ -402,8 +402,8 @@ MORE: list[Mutation] = [
     Mutation(
         "delegate-pending-hidden",
         RUN,
-        "        if target is not None and p.started and depth < 64:\n            found += await _pending_interrupts(",
-        "        if False:\n            found += await _pending_interrupts(",
+        "        if target is not None and p.started and depth < 64:\n            below = delegate_session(",
+        "        if False:\n            below = delegate_session(",
         "calls waiting inside a delegate are not listed (nor approvable)",
         ("tests/test_handoffs.py",),
     ),
