@@ -33,7 +33,18 @@ from timestep.testing import Reply, TestServer, ToolCall
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
-SEED = ROOT.parent / "shared" / "seed" / "timestep-root-README.md"
+# The original project's README: beside this checkout when there is one, else the copy kept with the tests.
+SEED = (
+    next(
+        (
+            p
+            for p in (ROOT.parent / "shared" / "seed", ROOT / "tests" / "seed")
+            if (p / "timestep-root-README.md").exists()
+        ),
+        ROOT / "tests" / "seed",
+    )
+    / "timestep-root-README.md"
+)
 QUICK_START = next(b for b in BLOCKS if "city_approval_guardrail" in b)
 ORIGINAL_EVENTS = next(b for b in BLOCKS if "original-events" in b)
 
