@@ -114,6 +114,48 @@ def test_quick_start_berkeley_pauses_says_how_to_resume_and_resumes(server: Test
     assert "resume with" not in done.stderr
 
 
+PYTHON_SEED = SEED.with_name("timestep-python-README.md")
+
+
+def _python_seed_block(heading: str) -> str:
+    text = PYTHON_SEED.read_text().split(f"\n## {heading}\n", 1)[-1].split("\n### Guardrails\n", 1)
+    source = text[0] if heading != "API Reference" else text[1]
+    block = re.search(r"```python\n(.*?)```", source, flags=re.S)
+    assert block, heading
+    return block[1]
+
+
+def test_the_python_seed_quick_start_runs_verbatim(server: TestServer, tmp_path: Path) -> None:
+    server.script(Reply.text("Hello! How can I help?"))
+    proc = run_script(_python_seed_block("Quick start"), tmp_path, server, "hello.py")
+    assert proc.returncode == 0, proc.stderr
+    assert "{'role': 'user', 'content': 'Hello!'}" in proc.stdout
+    assert "{'role': 'assistant', 'content': 'Hello! How can I help?'}" in proc.stdout
+    assert (tmp_path / "conversations" / "Assistant" / "my-conversation.jsonl").exists()
+
+
+def test_the_python_seed_guardrails_block_runs_verbatim(server: TestServer, tmp_path: Path) -> None:
+    """The seed's guardrail signatures, as written there, build guardrails that a run then calls."""
+    block = _python_seed_block("API Reference")
+    assert 'GuardrailInterrupt("Need approval", tool_name, args)' in block
+    program = (
+        "import asyncio\n" + block + "\nsome_condition = True\n"
+        "from timestep import Agent, FileSession, run_agent\n"
+        "def lookup(args: dict) -> dict:\n"
+        "    return {'result': args.get('city')}\n"
+        "agent = Agent(name='A', model='m', instructions='i', tools=[lookup],\n"
+        "              guardrails=[input_guardrail, output_guardrail])\n"
+        "async def main():\n"
+        "    result = await run_agent(agent, [{'role': 'user', 'content': 'q'}], FileSession('A', 'g'))\n"
+        "    print(result['status'], result['interruptions'][0]['prompt'])\n"
+        "asyncio.run(main())\n"
+    )
+    server.script(Reply.tool_calls(ToolCall("lookup", {"city": "Lima"})))
+    proc = run_script(program, tmp_path, server, "guardrails.py")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "interrupted Need approval"
+
+
 def test_quick_start_lima_completes_with_the_weather(server: TestServer, tmp_path: Path) -> None:
     server.responder = seed_model
     proc = run_script(QUICK_START.replace("Berkeley?", "Lima?"), tmp_path, server)
