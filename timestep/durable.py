@@ -16,10 +16,14 @@ Why it is built the way it is:
   ``interrupted``; nothing holds a worker, a connection or a thread while the person thinks. A
   decision (from any process, through :class:`DurableClient`) enqueues a new workflow that resumes
   the conversation.
-* **One run at a time per conversation, twice over.** The queue is partitioned by conversation with
-  a partition concurrency of one, so DBOS never starts two runs of one conversation at once and no
-  worker slot waits on a busy conversation; ``PostgresSession.lock`` still holds inside the run,
-  for runs started outside the queue.
+* **One run at a time per conversation, twice over.** The queue is partitioned with a partition
+  concurrency of one, and a conversation always lands in the same partition, so DBOS never starts
+  two runs of one conversation at once and no worker slot waits on a busy conversation;
+  ``PostgresSession.lock`` still holds inside the run, for runs started outside the queue. The
+  partitions are a fixed number of buckets (``DurableClient(partitions=...)``, 256 by default), a
+  conversation's bucket a hash of its agent and id: DBOS looks over every partition that has work
+  on each dequeue, so one partition per conversation made a backlog of 10,000 conversations crawl,
+  while 256 buckets keep that cheap and cap only how many runs go at once (at 256).
 * **Dead workers are found by heartbeat.** DBOS recovers a dead executor's workflows when an
   executor with the same id restarts, or when told to (its admin API or Conductor do that). Workers
   here write a heartbeat row every ``heartbeat`` seconds; a worker that sees another's row older
@@ -66,6 +70,7 @@ __all__ = ["DurableClient", "DurableRun", "RunInfo", "Worker", "run_states"]
 
 APP = "timestep"  # the DBOS application: queues and workflows are owned by it, clients included
 WORKFLOW = "timestep_run"
+PARTITIONS = 256  # buckets conversations are spread over on the run queue (see the module's docstring)
 QUEUE = "timestep"
 VERSION = "timestep-durable-1"  # the DBOS application version every worker shares, so any recovers any
 EVENTS = "events"
@@ -526,9 +531,12 @@ class DurableRun:
 class DurableClient:
     """Start, find and resume durable runs, from a worker or any other process (no agent code needed)."""
 
-    def __init__(self, dbos: Any, queue: str) -> None:
+    def __init__(self, dbos: Any, queue: str, partitions: int = PARTITIONS) -> None:
+        if partitions < 1:
+            raise ConfigurationError(f"partitions must be at least 1, got {partitions}")
         self._dbos = dbos
         self.queue = queue
+        self.partitions = partitions
         self._waiting: dict[str, asyncio.Future[None]] = {}
         self._watcher: asyncio.Task[None] | None = None
 
@@ -562,8 +570,15 @@ class DurableClient:
                 await asyncio.sleep(RESULT_POLL)
 
     @classmethod
-    async def connect(cls, url: str, *, queue: str = QUEUE, schema: str = "dbos") -> DurableClient:
-        """A client for the runs in this database (whose DBOS tables a worker has created)."""
+    async def connect(
+        cls, url: str, *, queue: str = QUEUE, schema: str = "dbos", partitions: int = PARTITIONS
+    ) -> DurableClient:
+        """A client for the runs in this database (whose DBOS tables a worker has created).
+
+        ``partitions`` is how many buckets conversations are spread over (see the module's
+        docstring); every client of one queue must use the same number, or one conversation could
+        land in two buckets and run twice at once (its session lock would still keep them apart).
+        """
 
         def make() -> Any:
             from dbos import run_dbos_database_migrations
@@ -573,7 +588,7 @@ class DurableClient:
             # whose database other applications may share.
             return DBOSClient(system_database_url=_sqlalchemy_url(url), dbos_system_schema=schema, application_name=APP)
 
-        return cls(await asyncio.to_thread(make), queue)
+        return cls(await asyncio.to_thread(make), queue, partitions)
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -603,7 +618,7 @@ class DurableClient:
             "workflow_name": WORKFLOW,
             "queue_name": self.queue,
             "workflow_id": run_id or f"run-{uuid.uuid4().hex}",
-            "queue_partition_key": f"{name}/{conversation_id}",
+            "queue_partition_key": partition_key(name, conversation_id, self.partitions),
             "app_version": VERSION,
         }
         handle = await self._dbos.enqueue_async(options, name, conversation_id, list(messages), approvals)
@@ -624,6 +639,14 @@ class DurableClient:
             args = status.input["args"] if status.input else ("?", "?")
             out.append(RunInfo(status.workflow_id, args[0], args[1], _state_of(status.status, status.output)))
         return out
+
+
+def partition_key(agent_name: str, conversation_id: str, partitions: int = PARTITIONS) -> str:
+    """The queue partition a conversation's runs go to: the same one every time, one of ``partitions``."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{agent_name}\x00{conversation_id}".encode("utf-8", "surrogatepass"), digest_size=8)
+    return f"bucket-{int.from_bytes(digest.digest(), 'big') % partitions}"
 
 
 async def run_states(url: str, *, schema: str = "dbos") -> dict[tuple[str, str], str]:
