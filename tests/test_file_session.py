@@ -191,73 +191,64 @@ def test_fsync_mode_fsyncs_every_append_and_only_then(tmp_path: Path) -> None:
     assert _fsyncs_per_file(tmp_path) == {"durable": 2, "plain": 0}
 
 
-async def test_a_read_waits_while_another_process_holds_the_writers_lock(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+class WritersLockHolder:
+    """Another process holding a conversation's writers' lock (``flock``) until told to let go, and
+    appending ``line`` just before it does, as another writer would."""
 
+    def __init__(self, path: Path, line: bytes = b"") -> None:
+        import subprocess
+        import sys
+
+        script = (
+            "import fcntl, sys\nf = open(sys.argv[1], 'ab')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\nsys.stdin.readline()\nf.write(sys.argv[2].encode()); f.flush()"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", script, str(path), line.decode()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    async def __aenter__(self) -> WritersLockHolder:
+        assert self.process.stdout is not None
+        assert (await asyncio.to_thread(self.process.stdout.readline)).strip() == "held"
+        return self
+
+    def release(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("release\n")
+        self.process.stdin.flush()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.process.kill()
+        self.process.communicate(timeout=30)
+
+
+async def test_a_read_waits_while_another_process_holds_the_writers_lock(tmp_path: Path) -> None:
     session = FileSession("a", "c", None, tmp_path)
     await session.add_items([{"role": "user", "content": "stored"}])
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, sys\nf = open(sys.argv[1], 'rb')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
-            "print('held', flush=True)\nsys.stdin.readline()",
-            str(session.path),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdin is not None
-        assert (await asyncio.to_thread(holder.stdout.readline)).strip() == "held"
+    async with WritersLockHolder(session.path) as holder:
         reader = asyncio.create_task(FileSession("a", "c", None, tmp_path).get_items())
         await asyncio.sleep(0.3)
         assert not reader.done(), "a read went ahead while a writer held the file"
-        holder.stdin.write("release\n")
-        holder.stdin.flush()
+        holder.release()
         assert await asyncio.wait_for(reader, 30) == [{"role": "user", "content": "stored"}]
-    finally:
-        holder.kill()
-        holder.communicate(timeout=30)
 
 
 async def test_a_run_holding_the_conversation_still_waits_for_another_writer(tmp_path: Path) -> None:
     """A run's appends reuse its lock's descriptor, yet still take the writers' lock every time."""
-    import subprocess
-    import sys
-
     from timestep import SessionBusyError
 
     session = FileSession("a", "c", None, tmp_path)
     async with session.lock(timeout=5):
         await session.add_items([{"role": "user", "content": "first"}])
-        holder = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import fcntl, sys\nf = open(sys.argv[1], 'ab')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
-                "print('held', flush=True)\nsys.stdin.readline()\n"
-                'f.write(b\'{"role": "user", "content": "theirs"}\\n\'); f.flush()',
-                str(session.path),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert holder.stdout is not None and holder.stdin is not None
-            assert (await asyncio.to_thread(holder.stdout.readline)).strip() == "held"
+        async with WritersLockHolder(session.path, b'{"role": "user", "content": "theirs"}\n') as holder:
             writer = asyncio.create_task(session.add_items([{"role": "assistant", "content": "ours"}]))
             await asyncio.sleep(0.3)
             assert not writer.done(), "an append went ahead while another process held the writers' lock"
-            holder.stdin.write("release\n")
-            holder.stdin.flush()
+            holder.release()
             await asyncio.wait_for(writer, 30)
-        finally:
-            holder.kill()
-            holder.communicate(timeout=30)
         contents = [m["content"] for m in await session.get_items()]
         assert sorted(contents) == ["first", "ours", "theirs"] and contents[0] == "first"
         with pytest.raises(SessionBusyError):  # appends never release the run lock itself

@@ -182,7 +182,7 @@ async def _resume_started(
     tool = agent.get_tool(call.name)
     if agent.get_handoff(call.name) is None and not (tool is not None and tool.idempotent):
         if call.interrupt is None or call.interrupt.get("kind") != "unknown_outcome":
-            await _ask(agent, session, ctx, call, base, _unknown_outcome_record(agent, call, args))
+            await _ask(agent, session, ctx, call, base, unknown_outcome_record(agent, call, args))
             if call.decision is None:
                 return CallOutcome(None, [_interruption_from(call.interrupt, agent)])
         assert call.decision is not None
@@ -383,7 +383,7 @@ async def _record_decision(
     return record
 
 
-def _unknown_outcome_record(agent: Agent, call: PendingCall, args: dict[str, Any]) -> dict[str, Any]:
+def unknown_outcome_record(agent: Agent, call: PendingCall, args: dict[str, Any]) -> dict[str, Any]:
     return {
         "journal": "interrupt",
         "call": call.id,

@@ -54,7 +54,7 @@ from .exceptions import (
     TimestepError,
     UsageLimitExceeded,
 )
-from .execution import ApprovalHandler, CallOutcome, Event, RunContext, _unknown_outcome_record, execute_call
+from .execution import ApprovalHandler, CallOutcome, Event, RunContext, execute_call, unknown_outcome_record
 from .handoffs import HANDOFF_RECEIVED, delegate_session
 from .model import ModelClient
 from .output import FINAL_ANSWER_TOOL
@@ -881,7 +881,7 @@ async def _pending_interrupts(
             seal = Seal.of(session, secret)
             check_started(seal, p)
             args = p.started_args if p.started_args is not None else {}
-            p.interrupt, p.decision = seal.sign(_unknown_outcome_record(agent, p, args)), None
+            p.interrupt, p.decision = seal.sign(unknown_outcome_record(agent, p, args)), None
             found.append((p, session, True))
     return found
 

@@ -58,10 +58,15 @@ class Store(ABC):
         conversation counts as a delegate's only when its caller's side really transferred to that
         agent (a ``transfer_to_<agent>`` call stored there), followed down from this conversation.
         """
+        return await self._delegates(await self.list_conversations(), agent_name, conversation_id)
+
+    async def _delegates(
+        self, listing: list[ConversationInfo], agent_name: str, conversation_id: str
+    ) -> list[ConversationInfo]:
         from ..handoffs import delegate_conversation_id
 
         by_id: dict[str, list[ConversationInfo]] = {}
-        for c in await self.list_conversations():
+        for c in listing:
             by_id.setdefault(c.conversation_id, []).append(c)
         found: list[ConversationInfo] = []
         callers = [(agent_name, conversation_id)]
@@ -96,12 +101,9 @@ class Store(ABC):
 
     async def delete_with_delegates(self, agent_name: str, conversation_id: str) -> list[ConversationInfo]:
         """Delete a conversation and its delegates' conversations (and only those); what was deleted."""
-        doomed = [
-            c
-            for c in await self.list_conversations()
-            if (c.agent_name, c.conversation_id) == (agent_name, conversation_id)
-        ]
-        doomed += await self.delegates(agent_name, conversation_id)
+        listing = await self.list_conversations()
+        doomed = [c for c in listing if (c.agent_name, c.conversation_id) == (agent_name, conversation_id)]
+        doomed += await self._delegates(listing, agent_name, conversation_id)
         return [c for c in doomed if await self.delete(c.agent_name, c.conversation_id)]
 
     @abstractmethod
